@@ -1,0 +1,162 @@
+/**
+ * Supply-chain integrity: the model spec, the download source policy, and the streaming verifier.
+ * Pure computation: SHA-256 is hashing, not I/O.
+ */
+import { createHash, timingSafeEqual } from "node:crypto"
+import { Either, Schema } from "effect"
+import { IntegrityError, type IntegrityReason } from "./Errors.js"
+
+const fail = (reason: IntegrityReason) => Either.left(new IntegrityError({ reason }))
+const RIGHT_VOID: Either.Either<void, never> = Either.right(undefined)
+
+export const Sha256Hex = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/), Schema.brand("Sha256Hex"))
+export type Sha256Hex = typeof Sha256Hex.Type
+
+export const ModelSpec = Schema.Struct({
+  sha256: Sha256Hex,
+  sizeBytes: Schema.Number.pipe(Schema.int(), Schema.positive(), Schema.lessThanOrEqualTo(Number.MAX_SAFE_INTEGER))
+}).pipe(Schema.brand("ModelSpec"))
+/** A spec that passed `checkSpec`: 64 lowercase hex chars and a positive safe-integer size. */
+export type ModelSpec = typeof ModelSpec.Type
+
+const isModelSpec = Schema.is(ModelSpec)
+
+export const checkSpec = (input: unknown): Either.Either<ModelSpec, IntegrityError> =>
+  isModelSpec(input) ? Either.right(input) : fail("malformed_spec")
+
+// ---------------------------------------------------------------------------------------------
+// Source policy
+// ---------------------------------------------------------------------------------------------
+
+const parseUrl = (input: unknown): URL | undefined => {
+  if (typeof input !== "string" && !(input instanceof URL)) return undefined
+  try {
+    return new URL(input)
+  } catch {
+    return undefined
+  }
+}
+
+// Encoded separators could let a server that decodes them walk out of an allowed directory
+// after the boundary check below has passed.
+const ENCODED_SEPARATOR = /%2f|%5c/i
+
+interface AllowedPrefix {
+  readonly hostname: string
+  readonly port: string
+  readonly path: string
+}
+
+const toAllowedPrefix = (entry: unknown): AllowedPrefix | undefined => {
+  const parsed = parseUrl(entry)
+  if (
+    parsed === undefined ||
+    parsed.protocol !== "https:" ||
+    parsed.username !== "" ||
+    parsed.password !== "" ||
+    parsed.search !== "" ||
+    parsed.hash !== "" ||
+    ENCODED_SEPARATOR.test(parsed.pathname)
+  ) {
+    return undefined
+  }
+  // "/org/repo/" and "/org/repo" both mean the directory /org/repo.
+  const path = parsed.pathname.endsWith("/") ? parsed.pathname.slice(0, -1) : parsed.pathname
+  return { hostname: parsed.hostname, port: parsed.port, path }
+}
+
+const admits = (prefix: AllowedPrefix, url: URL): boolean =>
+  // The WHATWG parser lower-cases the host and drops a default port, so plain equality compares
+  // hosts case-insensitively and effective ports exactly.
+  prefix.hostname === url.hostname &&
+  prefix.port === url.port &&
+  (url.pathname === prefix.path || url.pathname.startsWith(`${prefix.path}/`))
+
+/**
+ * Decide whether `url` may be downloaded from. HTTPS only; no credentials; the host and effective
+ * port must equal an allowlist entry's and the path must be that entry's path or continue it after
+ * a `/`. Never string-prefix matching: that admits `allowed.example.com.evil.io` and
+ * `allowed.example.com@evil.io`.
+ */
+export const checkSource = (url: unknown, allowlist: ReadonlyArray<unknown>): Either.Either<URL, IntegrityError> => {
+  const parsed = parseUrl(url)
+  if (parsed === undefined) return fail("malformed_spec")
+  if (parsed.protocol !== "https:") return fail("scheme_not_allowed")
+  if (parsed.username !== "" || parsed.password !== "" || parsed.hash !== "") return fail("source_not_allowed")
+  if (ENCODED_SEPARATOR.test(parsed.pathname)) return fail("source_not_allowed")
+  if (!Array.isArray(allowlist)) return fail("source_not_allowed")
+  for (const entry of allowlist) {
+    const prefix = toAllowedPrefix(entry)
+    if (prefix !== undefined && admits(prefix, parsed)) return Either.right(parsed)
+  }
+  return fail("source_not_allowed")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming verifier
+// ---------------------------------------------------------------------------------------------
+
+export interface Verifier {
+  /** Bytes accepted so far. */
+  readonly receivedBytes: number
+  /**
+   * Feed the next chunk, in order. Fails with `size_mismatch` as soon as the total passes the
+   * expected size, so an endless stream is cut at expected + 1 bytes; the caller must not write
+   * a chunk that was refused.
+   */
+  readonly update: (chunk: unknown) => Either.Either<void, IntegrityError>
+  /** Exact size, then the digest in constant time. Single use. */
+  readonly finalize: () => Either.Either<void, IntegrityError>
+  /** Give up: every later call answers `accumulator_aborted`. */
+  readonly abort: () => void
+}
+
+type VerifierPhase = "open" | "finalized" | "aborted"
+
+const closedReason = (phase: Exclude<VerifierPhase, "open">): IntegrityReason =>
+  phase === "finalized" ? "accumulator_finalized" : "accumulator_aborted"
+
+export const makeVerifier = (spec: ModelSpec): Verifier => {
+  const expected = Buffer.from(spec.sha256, "hex")
+  const expectedSize = spec.sizeBytes
+  const hash = createHash("sha256")
+  let received = 0
+  let phase: VerifierPhase = "open"
+
+  return {
+    get receivedBytes() {
+      return received
+    },
+    update(chunk) {
+      if (phase !== "open") return fail(closedReason(phase))
+      if (!(chunk instanceof Uint8Array)) {
+        phase = "aborted"
+        return fail("accumulator_aborted")
+      }
+      if (received + chunk.length > expectedSize) {
+        phase = "aborted"
+        return fail("size_mismatch")
+      }
+      hash.update(chunk)
+      received += chunk.length
+      return RIGHT_VOID
+    },
+    finalize() {
+      if (phase !== "open") return fail(closedReason(phase))
+      phase = "finalized"
+      if (received !== expectedSize) return fail("size_mismatch")
+      // Both sides are 32 bytes (the spec was validated), so timingSafeEqual applies directly.
+      return timingSafeEqual(hash.digest(), expected) ? RIGHT_VOID : fail("digest_mismatch")
+    },
+    abort() {
+      if (phase === "open") phase = "aborted"
+    }
+  }
+}
+
+/** Verify bytes already in memory against a spec. */
+export const verifyBytes = (bytes: unknown, spec: ModelSpec): Either.Either<void, IntegrityError> => {
+  if (!(bytes instanceof Uint8Array)) return fail("malformed_spec")
+  const verifier = makeVerifier(spec)
+  return Either.flatMap(verifier.update(bytes), () => verifier.finalize())
+}

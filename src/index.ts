@@ -1,0 +1,6 @@
+export * as Admission from "./domain/Admission.js"
+export * from "./domain/Errors.js"
+export * as Integrity from "./domain/Integrity.js"
+export * as Lifecycle from "./domain/Lifecycle.js"
+export * as RequestGate from "./domain/RequestGate.js"
+export * as ResourcePolicy from "./domain/ResourcePolicy.js"
