@@ -38,7 +38,23 @@ export const assertLeft = (
   if (Either.isRight(result)) assert.fail(`expected ${tag}/${reason}, got right`)
   assert.strictEqual(result.left._tag, tag)
   assert.strictEqual(result.left.reason, reason)
+  assertCarriesNoInput(result.left)
   return result.left
+}
+
+const messageByReason = new Map<string, string>()
+
+/**
+ * Every rejection a test produces passes through here: it must serialize to its tag and reason
+ * alone, and its message must be the one fixed text of that reason. Nothing else can carry input.
+ */
+export const assertCarriesNoInput = (error: DomainError): void => {
+  assert.deepStrictEqual(Object.keys(error).sort(), ["_tag", "reason"])
+  assert.strictEqual(JSON.stringify(error), JSON.stringify({ reason: error.reason, _tag: error._tag }))
+  const fixed = messageByReason.get(error.reason) ?? error.message
+  messageByReason.set(error.reason, fixed)
+  assert.strictEqual(error.message, fixed)
+  assert.strictEqual(String(error), `${error._tag}: ${fixed}`)
 }
 
 /** Split `bytes` at the given cut points (sorted, deduplicated, within range). */

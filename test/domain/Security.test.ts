@@ -1,0 +1,168 @@
+/**
+ * Security tier: fail-closed posture, no ambient authority, and the scan for leaked inputs.
+ */
+import { readdirSync, readFileSync } from "node:fs"
+import { join } from "node:path"
+import { assert, describe, it } from "@effect/vitest"
+import { Either, FastCheck as fc } from "effect"
+import * as Api from "../../src/index.js"
+import * as Admission from "../../src/domain/Admission.js"
+import type { DomainError } from "../../src/domain/Errors.js"
+import * as Integrity from "../../src/domain/Integrity.js"
+import * as Lifecycle from "../../src/domain/Lifecycle.js"
+import * as RequestGate from "../../src/domain/RequestGate.js"
+import * as ResourcePolicy from "../../src/domain/ResourcePolicy.js"
+import { assertCarriesNoInput, bytesOf, specFor } from "./fixtures.js"
+
+const DOMAIN_DIR = join(import.meta.dirname, "../../src/domain")
+
+/** Everything an error could show: its fields, its JSON, its string form and its message. */
+const rendered = (error: DomainError): string =>
+  [JSON.stringify(error), String(error), error.message, JSON.stringify(Object.entries(error)), (error as { toJSON?: () => unknown }).toJSON?.() ?? ""]
+    .map((x) => (typeof x === "string" ? x : JSON.stringify(x)))
+    .join("\n")
+
+const assertNoLeak = (result: Either.Either<unknown, DomainError>, secrets: ReadonlyArray<string>) => {
+  assert.isTrue(Either.isLeft(result), "expected a rejection")
+  if (Either.isRight(result)) return
+  assertCarriesNoInput(result.left)
+  const text = rendered(result.left).toLowerCase()
+  for (const secret of secrets) {
+    assert.notInclude(text, secret.toLowerCase(), `a ${result.left._tag} carried part of its input`)
+  }
+}
+
+describe("scan: no rejection carries its input", () => {
+  const host = "secret-mirror.internal-corp.example"
+  const path = "/private/tenant-7731/weights"
+  const digest = "d3adb33fd3adb33fd3adb33fd3adb33fd3adb33fd3adb33fd3adb33fd3adb33f"
+  const size = 987_654_321
+
+  it("integrity rejections carry no URL, host, path, digest or size", () => {
+    const url = `https://${host}${path}/m.gguf?token=hunter2`
+    const secrets = [host, path, "hunter2", digest, String(size), "tenant-7731"]
+    assertNoLeak(Integrity.checkSource(url, ["https://elsewhere.example/x"]), secrets)
+    assertNoLeak(Integrity.checkSource(url.replace("https:", "http:"), [url]), secrets)
+    assertNoLeak(Integrity.checkSource(`https://user:hunter2@${host}${path}`, [`https://${host}${path}`]), secrets)
+    assertNoLeak(Integrity.checkSource(`${host}${path}`, []), secrets)
+    assertNoLeak(Integrity.checkSpec({ sha256: digest.toUpperCase(), sizeBytes: size }), secrets)
+    assertNoLeak(Integrity.checkSpec({ sha256: digest, sizeBytes: -size }), secrets)
+    const spec = Either.getOrThrow(Integrity.checkSpec({ sha256: digest, sizeBytes: 1024 }))
+    assertNoLeak(Integrity.verifyBytes(bytesOf(1024), spec), [...secrets, Buffer.from(bytesOf(1024)).toString("hex").slice(0, 16)])
+    assertNoLeak(Integrity.verifyBytes(bytesOf(1025), spec), [...secrets, "1025", "1024"])
+    const v = Integrity.makeVerifier(spec)
+    assertNoLeak(v.update(bytesOf(2048)), [...secrets, "2048", "1024"])
+  })
+
+  it("lifecycle, admission, resource and gate rejections carry no observed value", () => {
+    const odd = ["starting-31337", "31337", "4242424242", "77.123"]
+    assertNoLeak(Lifecycle.transition("starting-31337", "start"), odd)
+    assertNoLeak(Lifecycle.transition("stopped", "31337"), odd)
+    assertNoLeak(Admission.evaluate({ maxInFlight: 31337, queueBound: 31337, inFlight: 31337, queued: 31337 }), odd)
+    assertNoLeak(Admission.makeAdmissionState({ maxInFlight: -31337, queueBound: 1 }), odd)
+    const limits = { maxRamBytes: 4242424241, maxCpuPercent: 77 }
+    assertNoLeak(ResourcePolicy.evaluateResources({ ramBytes: 4242424242, vramBytes: 0, cpuPercent: 1 }, limits), odd)
+    assertNoLeak(ResourcePolicy.evaluateResources({ ramBytes: 1, vramBytes: 0, cpuPercent: 77.123 }, limits), odd)
+    assertNoLeak(ResourcePolicy.evaluateResources({ ramBytes: "4242424242" }, limits), odd)
+    assertNoLeak(RequestGate.decide({ lifecycle: "ready", admission: { maxInFlight: 1, queueBound: 1, inFlight: 1, queued: 1 }, observation: {}, limits }), odd)
+    assertNoLeak(RequestGate.decide({ secret: "31337" }), odd)
+  })
+
+  const secretText = fc.stringMatching(/^[a-z]{6,12}$/).map((s) => `zq${s}`)
+  it.prop("random source URLs and specs never appear in a rejection", [secretText, secretText, fc.integer({ min: 100_000_000, max: 999_999_999 }), fc.constantFrom("http", "https", "ftp")], ([h, p, size, scheme]) => {
+    const url = `${scheme}://${h}.example/${p}/file.gguf`
+    assertNoLeak(Integrity.checkSource(url, [`https://${p}.example/${h}`]), [h, p])
+    assertNoLeak(Integrity.checkSpec({ sha256: `${h}${p}`, sizeBytes: size }), [h, p, String(size)])
+  }, { fastCheck: { numRuns: 300 } })
+})
+
+describe("fail-closed posture", () => {
+  const hostile: ReadonlyArray<unknown> = [null, undefined, 0, -1, Number.NaN, "", "READY", {}, [], () => "ready", Symbol("x"), 10n, new Proxy({}, { get: () => "ready" })]
+
+  it("every decision refuses null, undefined and junk, and none throws", () => {
+    const decisions: ReadonlyArray<(x: unknown) => Either.Either<unknown, DomainError>> = [
+      Integrity.checkSpec,
+      (x) => Integrity.checkSource(x, ["https://models.example.com/"]),
+      (x) => Integrity.checkSource("https://models.example.com/m", x as ReadonlyArray<unknown>),
+      (x) => Integrity.verifyBytes(x, specFor(bytesOf(8))),
+      (x) => Lifecycle.transition(x, "start"),
+      (x) => Lifecycle.transition("stopped", x),
+      Lifecycle.requireReady,
+      Admission.makeAdmissionState,
+      Admission.evaluate,
+      Admission.recordAdmit,
+      Admission.recordComplete,
+      Admission.recordEnqueue,
+      Admission.recordDequeue,
+      ResourcePolicy.checkLimits,
+      (x) => ResourcePolicy.evaluateResources(x, { maxRamBytes: 1, maxCpuPercent: 1 }),
+      (x) => ResourcePolicy.evaluateResources({ ramBytes: 0, vramBytes: 0, cpuPercent: 0 }, x),
+      RequestGate.decide
+    ]
+    for (const decision of decisions) {
+      for (const input of hostile) {
+        const result = decision(input)
+        assert.isTrue(Either.isLeft(result), `decision ${decisions.indexOf(decision)} admitted input ${hostile.indexOf(input)}`)
+        if (Either.isLeft(result)) assertCarriesNoInput(result.left)
+      }
+    }
+    for (const input of hostile) assert.isFalse(Lifecycle.canServe(input))
+  })
+
+  it("a Proxy that claims to be ready everywhere is still refused by the gate", () => {
+    const liar = new Proxy({}, { get: (_t, key) => (key === "lifecycle" ? "ready" : new Proxy({}, { get: () => 1 })) })
+    assert.isTrue(Either.isLeft(RequestGate.decide(liar)))
+  })
+})
+
+describe("no ambient authority", () => {
+  it("the public API exports the decision modules and the error classes, nothing that acts", () => {
+    assert.deepStrictEqual(Object.keys(Api).sort(), [
+      "Admission",
+      "AdmissionError",
+      "Integrity",
+      "IntegrityError",
+      "Lifecycle",
+      "LifecycleError",
+      "RequestGate",
+      "RequestGateError",
+      "ResourceError",
+      "ResourcePolicy"
+    ])
+  })
+
+  it("the domain imports only effect, node:crypto and itself, and touches no clock, environment, randomness or console", () => {
+    const files = readdirSync(DOMAIN_DIR).filter((f) => f.endsWith(".ts"))
+    assert.isAtLeast(files.length, 6)
+    for (const file of files) {
+      const source = readFileSync(join(DOMAIN_DIR, file), "utf8")
+      const imports = [...source.matchAll(/^import .* from "([^"]+)"/gm)].map((m) => m[1])
+      for (const spec of imports) assert.match(spec ?? "", /^(effect|node:crypto|\.\/[A-Za-z]+\.js)$/, `${file} imports ${spec}`)
+      assert.notMatch(source, /\bprocess\.\w|Date\.now|new Date|Math\.random|console\.|setTimeout|setInterval|fetch\(|require\(/, file)
+    }
+  })
+
+  it("every reason code maps to exactly one error class", () => {
+    const classes = [Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError, Api.RequestGateError]
+    const seen = new Map<string, string>()
+    for (const cls of classes) {
+      const literals = (cls.fields.reason as unknown as { literals: ReadonlyArray<string> }).literals
+      for (const reason of literals) {
+        assert.isFalse(seen.has(reason), `${reason} appears in two classes`)
+        seen.set(reason, cls.name)
+        // Construct each one: the message is fixed and names no value.
+        const error = new (cls as unknown as new (a: { reason: string }) => DomainError)({ reason })
+        assertCarriesNoInput(error)
+        assert.isAbove(error.message.length, 10)
+      }
+    }
+    const seedReasons = [
+      "malformed_spec", "source_not_allowed", "scheme_not_allowed", "size_mismatch", "digest_mismatch",
+      "accumulator_finalized", "accumulator_aborted", "invalid_transition", "not_ready", "unknown_event",
+      "unknown_state", "malformed_admission_state", "at_capacity", "queue_full", "malformed_limits",
+      "malformed_observation", "ram_over_limit", "vram_over_limit", "cpu_over_limit", "malformed_request_params",
+      "no_in_flight_to_complete"
+    ]
+    for (const reason of seedReasons) assert.isTrue(seen.has(reason), reason)
+  })
+})
