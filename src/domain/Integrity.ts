@@ -29,12 +29,8 @@ export const checkSpec = (input: unknown): Either.Either<ModelSpec, IntegrityErr
 // ---------------------------------------------------------------------------------------------
 
 const parseUrl = (input: unknown): URL | undefined => {
-  if (typeof input !== "string" && !(input instanceof URL)) return undefined
-  try {
-    return new URL(input)
-  } catch {
-    return undefined
-  }
+  const text = input instanceof URL ? input.href : input
+  return typeof text === "string" && URL.canParse(text) ? new URL(text) : undefined
 }
 
 // Encoded separators could let a server that decodes them walk out of an allowed directory
@@ -111,30 +107,26 @@ export interface Verifier {
   readonly abort: () => void
 }
 
-type VerifierPhase = "open" | "finalized" | "aborted"
-
-const closedReason = (phase: Exclude<VerifierPhase, "open">): IntegrityReason =>
-  phase === "finalized" ? "accumulator_finalized" : "accumulator_aborted"
-
 export const makeVerifier = (spec: ModelSpec): Verifier => {
   const expected = Buffer.from(spec.sha256, "hex")
   const expectedSize = spec.sizeBytes
   const hash = createHash("sha256")
   let received = 0
-  let phase: VerifierPhase = "open"
+  // Once set, the verifier is spent and answers only this.
+  let closed: "accumulator_finalized" | "accumulator_aborted" | undefined
 
   return {
     get receivedBytes() {
       return received
     },
     update(chunk) {
-      if (phase !== "open") return fail(closedReason(phase))
+      if (closed !== undefined) return fail(closed)
       if (!(chunk instanceof Uint8Array)) {
-        phase = "aborted"
-        return fail("accumulator_aborted")
+        closed = "accumulator_aborted"
+        return fail(closed)
       }
       if (received + chunk.length > expectedSize) {
-        phase = "aborted"
+        closed = "accumulator_aborted"
         return fail("size_mismatch")
       }
       hash.update(chunk)
@@ -142,14 +134,14 @@ export const makeVerifier = (spec: ModelSpec): Verifier => {
       return RIGHT_VOID
     },
     finalize() {
-      if (phase !== "open") return fail(closedReason(phase))
-      phase = "finalized"
+      if (closed !== undefined) return fail(closed)
+      closed = "accumulator_finalized"
       if (received !== expectedSize) return fail("size_mismatch")
       // Both sides are 32 bytes (the spec was validated), so timingSafeEqual applies directly.
       return timingSafeEqual(hash.digest(), expected) ? RIGHT_VOID : fail("digest_mismatch")
     },
     abort() {
-      if (phase === "open") phase = "aborted"
+      closed ??= "accumulator_aborted"
     }
   }
 }

@@ -20,8 +20,8 @@ export type GateError = LifecycleError | AdmissionError | ResourceError | Reques
 const malformed = () => Either.left(new RequestGateError({ reason: "malformed_request_params" }))
 
 const decideUnsafe = (input: unknown): Either.Either<void, GateError> => {
-  if (typeof input !== "object" || input === null) return malformed()
-  const { lifecycle, admission, observation, limits } = input as Partial<Record<keyof GateInput, unknown>>
+  // Object() turns null, undefined and primitives into an object whose fields are all missing.
+  const { lifecycle, admission, observation, limits } = Object(input) as Partial<Record<keyof GateInput, unknown>>
   if (lifecycle == null || admission == null || observation == null || limits == null) return malformed()
   return Either.flatMap(
     Lifecycle.requireReady(lifecycle),

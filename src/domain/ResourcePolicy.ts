@@ -36,7 +36,7 @@ export const evaluateResources = (observation: unknown, limits: unknown): Either
   if (!isLimits(limits)) return fail("malformed_limits")
   if (!isObservation(observation)) return fail("malformed_observation")
   if (observation.ramBytes > limits.maxRamBytes) return fail("ram_over_limit")
-  if (limits.maxVramBytes !== undefined && observation.vramBytes > limits.maxVramBytes) return fail("vram_over_limit")
+  if (observation.vramBytes > (limits.maxVramBytes ?? Number.POSITIVE_INFINITY)) return fail("vram_over_limit")
   if (observation.cpuPercent > limits.maxCpuPercent) return fail("cpu_over_limit")
   return Either.right(undefined)
 }

@@ -150,6 +150,8 @@ describe("Integrity.checkSource", () => {
     const invalid = [
       "http://models.example.com/org/repo",
       "https://user:pw@models.example.com/org/repo",
+      "https://user@models.example.com/org/repo",
+      "https://:pw@models.example.com/org/repo",
       "https://models.example.com/org/repo?token=1",
       "https://models.example.com/org/repo#frag",
       "https://models.example.com/org%2Frepo",

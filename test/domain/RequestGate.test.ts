@@ -45,7 +45,9 @@ describe("RequestGate.decide", () => {
   it("refuses missing or non-object parameters with malformed_request_params", () => {
     const { lifecycle: _l, ...noLifecycle } = good
     const { limits: _m, ...noLimits } = good
-    for (const input of [null, undefined, "ready", 42, [], noLifecycle, noLimits, { ...good, observation: null }]) {
+    const { admission: _a, ...noAdmission } = good
+    const { observation: _o, ...noObservation } = good
+    for (const input of [null, undefined, "ready", 42, [], noLifecycle, noAdmission, noObservation, noLimits, { ...good, observation: null }, { ...good, admission: undefined }]) {
       assertLeft(RequestGate.decide(input), "RequestGateError", "malformed_request_params")
     }
   })
