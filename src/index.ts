@@ -1,6 +1,24 @@
+// Pure decisions
 export * as Admission from "./domain/Admission.js"
 export * from "./domain/Errors.js"
 export * as Integrity from "./domain/Integrity.js"
 export * as Lifecycle from "./domain/Lifecycle.js"
 export * as RequestGate from "./domain/RequestGate.js"
 export * as ResourcePolicy from "./domain/ResourcePolicy.js"
+
+// Services: interfaces and tags
+export * from "./services/Downloader.js"
+export * from "./services/Errors.js"
+export * from "./services/HealthProbe.js"
+export * from "./services/ResourceStat.js"
+export * from "./services/RuntimeManager.js"
+export * from "./services/Spawner.js"
+
+// Layers
+export * as DownloaderTest from "./layers/DownloaderTest.js"
+export * as HealthProbeTest from "./layers/HealthProbeTest.js"
+export * as MemoryFileSystem from "./layers/MemoryFileSystem.js"
+export * as ResourceStatTest from "./layers/ResourceStatTest.js"
+export * as RuntimeManagerLive from "./layers/RuntimeManagerLive.js"
+export * as SpawnerTest from "./layers/SpawnerTest.js"
+export * as TestLayers from "./layers/TestLayers.js"

@@ -44,12 +44,13 @@ const requestGateMessages = {
   malformed_request_params: "The request gate parameters are malformed."
 } as const
 
-const reasons = <M extends Record<string, string>>(messages: M) =>
+/** The keys of a reason → message table, as the arguments of `Schema.Literal`. */
+export const reasonLiterals = <M extends Record<string, string>>(messages: M) =>
   Object.keys(messages) as unknown as readonly [keyof M & string, ...Array<keyof M & string>]
 
 export class IntegrityError extends Schema.TaggedError<IntegrityError>("companion-runtime/IntegrityError")(
   "IntegrityError",
-  { reason: Schema.Literal(...reasons(integrityMessages)) }
+  { reason: Schema.Literal(...reasonLiterals(integrityMessages)) }
 ) {
   override get message(): string {
     return integrityMessages[this.reason]
@@ -58,7 +59,7 @@ export class IntegrityError extends Schema.TaggedError<IntegrityError>("companio
 
 export class LifecycleError extends Schema.TaggedError<LifecycleError>("companion-runtime/LifecycleError")(
   "LifecycleError",
-  { reason: Schema.Literal(...reasons(lifecycleMessages)) }
+  { reason: Schema.Literal(...reasonLiterals(lifecycleMessages)) }
 ) {
   override get message(): string {
     return lifecycleMessages[this.reason]
@@ -67,7 +68,7 @@ export class LifecycleError extends Schema.TaggedError<LifecycleError>("companio
 
 export class AdmissionError extends Schema.TaggedError<AdmissionError>("companion-runtime/AdmissionError")(
   "AdmissionError",
-  { reason: Schema.Literal(...reasons(admissionMessages)) }
+  { reason: Schema.Literal(...reasonLiterals(admissionMessages)) }
 ) {
   override get message(): string {
     return admissionMessages[this.reason]
@@ -76,7 +77,7 @@ export class AdmissionError extends Schema.TaggedError<AdmissionError>("companio
 
 export class ResourceError extends Schema.TaggedError<ResourceError>("companion-runtime/ResourceError")(
   "ResourceError",
-  { reason: Schema.Literal(...reasons(resourceMessages)) }
+  { reason: Schema.Literal(...reasonLiterals(resourceMessages)) }
 ) {
   override get message(): string {
     return resourceMessages[this.reason]
@@ -85,7 +86,7 @@ export class ResourceError extends Schema.TaggedError<ResourceError>("companion-
 
 export class RequestGateError extends Schema.TaggedError<RequestGateError>("companion-runtime/RequestGateError")(
   "RequestGateError",
-  { reason: Schema.Literal(...reasons(requestGateMessages)) }
+  { reason: Schema.Literal(...reasonLiterals(requestGateMessages)) }
 ) {
   override get message(): string {
     return requestGateMessages[this.reason]

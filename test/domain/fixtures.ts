@@ -48,7 +48,7 @@ const messageByReason = new Map<string, string>()
  * Every rejection a test produces passes through here: it must serialize to its tag and reason
  * alone, and its message must be the one fixed text of that reason. Nothing else can carry input.
  */
-export const assertCarriesNoInput = (error: DomainError): void => {
+export const assertCarriesNoInput = (error: { readonly _tag: string; readonly reason: string; readonly message: string }): void => {
   assert.deepStrictEqual(Object.keys(error).sort(), ["_tag", "reason"])
   assert.strictEqual(JSON.stringify(error), JSON.stringify({ reason: error.reason, _tag: error._tag }))
   const fixed = messageByReason.get(error.reason) ?? error.message

@@ -1,0 +1,155 @@
+/**
+ * Typed failures of the services and of the RuntimeManager. As in the domain, an error carries its
+ * tag, a fixed `reason` and nothing else but, for a rate-limited download, the server's requested
+ * delay; its message is looked up from the reason. Adapters map platform errors into these at
+ * their boundary, so no URL, path, digest, key or OS message crosses it.
+ */
+import { Schema } from "effect"
+import { reasonLiterals as reasons } from "../domain/Errors.js"
+
+const downloadMessages = {
+  connection_failed: "The download connection failed.",
+  connect_timeout: "The download source did not accept a connection in time.",
+  stall_timeout: "The download stalled: no bytes arrived in time.",
+  server_error: "The download source answered with a server error.",
+  rate_limited: "The download source asked to slow down.",
+  request_timeout: "The download source timed the request out.",
+  client_error: "The download source refused the request.",
+  redirect_not_allowed: "The download source redirected to a location that is not allowed.",
+  too_many_redirects: "The download source redirected too many times.",
+  content_encoding_not_allowed: "The download source sent an encoded body; only identity is accepted.",
+  range_mismatch: "The download source answered a resume with the wrong range."
+} as const
+
+/** Reasons worth another attempt with backoff. Everything else is final. */
+export const transientDownloadReasons: ReadonlySet<DownloadError["reason"]> = new Set([
+  "connection_failed",
+  "connect_timeout",
+  "stall_timeout",
+  "server_error",
+  "rate_limited",
+  "request_timeout",
+  "range_mismatch"
+])
+
+export class DownloadError extends Schema.TaggedError<DownloadError>("companion-runtime/DownloadError")(
+  "DownloadError",
+  {
+    reason: Schema.Literal(...reasons(downloadMessages)),
+    /** A server's Retry-After, in milliseconds, when it gave one. */
+    retryAfterMillis: Schema.optionalWith(Schema.NonNegativeInt, { exact: true })
+  }
+) {
+  override get message(): string {
+    return downloadMessages[this.reason]
+  }
+  get transient(): boolean {
+    return transientDownloadReasons.has(this.reason)
+  }
+}
+
+const modelStoreMessages = {
+  io_failed: "The model store could not read or write a file.",
+  store_locked: "Another process is writing this model."
+} as const
+
+export class ModelStoreError extends Schema.TaggedError<ModelStoreError>("companion-runtime/ModelStoreError")(
+  "ModelStoreError",
+  { reason: Schema.Literal(...reasons(modelStoreMessages)) }
+) {
+  override get message(): string {
+    return modelStoreMessages[this.reason]
+  }
+}
+
+const spawnMessages = {
+  spawn_failed: "The runtime process could not be started.",
+  address_not_reported: "The runtime did not report its listening address.",
+  exited_early: "The runtime process exited before it reported its address."
+} as const
+
+export class SpawnError extends Schema.TaggedError<SpawnError>("companion-runtime/SpawnError")(
+  "SpawnError",
+  { reason: Schema.Literal(...reasons(spawnMessages)) }
+) {
+  override get message(): string {
+    return spawnMessages[this.reason]
+  }
+}
+
+const healthMessages = {
+  unreachable: "The runtime's health endpoint could not be reached.",
+  probe_timeout: "The runtime's health probe timed out.",
+  unhealthy: "The runtime reported that it is unhealthy."
+} as const
+
+export class HealthError extends Schema.TaggedError<HealthError>("companion-runtime/HealthError")(
+  "HealthError",
+  { reason: Schema.Literal(...reasons(healthMessages)) }
+) {
+  override get message(): string {
+    return healthMessages[this.reason]
+  }
+}
+
+const resourceStatMessages = {
+  stat_failed: "The runtime's resource usage could not be read.",
+  parse_failed: "The runtime's resource usage could not be parsed.",
+  process_gone: "The runtime process is gone."
+} as const
+
+export class ResourceStatError extends Schema.TaggedError<ResourceStatError>("companion-runtime/ResourceStatError")(
+  "ResourceStatError",
+  { reason: Schema.Literal(...reasons(resourceStatMessages)) }
+) {
+  override get message(): string {
+    return resourceStatMessages[this.reason]
+  }
+}
+
+const startMessages = {
+  load_deadline_exceeded: "The runtime did not become healthy before the load deadline.",
+  health_failed: "The runtime reported a failure while loading.",
+  exited_while_starting: "The runtime process exited while starting."
+} as const
+
+export class StartError extends Schema.TaggedError<StartError>("companion-runtime/StartError")(
+  "StartError",
+  { reason: Schema.Literal(...reasons(startMessages)) }
+) {
+  override get message(): string {
+    return startMessages[this.reason]
+  }
+}
+
+const runtimeExitedMessages = {
+  runtime_exited: "The runtime process exited while the request was running.",
+  runtime_stopped: "The runtime was stopped before the request finished."
+} as const
+
+export class RuntimeExitedError extends Schema.TaggedError<RuntimeExitedError>("companion-runtime/RuntimeExitedError")(
+  "RuntimeExitedError",
+  { reason: Schema.Literal(...reasons(runtimeExitedMessages)) }
+) {
+  override get message(): string {
+    return runtimeExitedMessages[this.reason]
+  }
+}
+
+export class QueueTimeoutError extends Schema.TaggedError<QueueTimeoutError>("companion-runtime/QueueTimeoutError")(
+  "QueueTimeoutError",
+  { reason: Schema.Literal("queue_timeout") }
+) {
+  override get message(): string {
+    return "The request waited in the queue for too long."
+  }
+}
+
+export class CircuitOpenError extends Schema.TaggedError<CircuitOpenError>("companion-runtime/CircuitOpenError")(
+  "CircuitOpenError",
+  { reason: Schema.Literal("circuit_open") }
+) {
+  override get message(): string {
+    return "The runtime failed too often; starts are refused until the circuit cools down."
+  }
+}

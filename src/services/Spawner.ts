@@ -1,0 +1,38 @@
+import { Brand, Context, type Duration, type Effect, type Redacted, type Scope } from "effect"
+import type { Sha256Hex } from "../domain/Integrity.js"
+import type { SpawnError } from "./Errors.js"
+
+/** A model file whose size and SHA-256 were verified; only the RuntimeManager makes these. */
+export type VerifiedModel = {
+  readonly path: string
+  readonly sha256: Sha256Hex
+  readonly sizeBytes: number
+} & Brand.Brand<"VerifiedModel">
+export const VerifiedModel = Brand.nominal<VerifiedModel>()
+
+/** How the process ended: an exit code, or the signal that killed it. */
+export interface ExitStatus {
+  readonly code: number | null
+  readonly signal: string | null
+}
+
+export interface RuntimeHandle {
+  readonly pid: number
+  /** Where the runtime listens, e.g. `http://127.0.0.1:41234`. Always loopback. */
+  readonly baseUrl: string
+  /** A fresh key for this spawn; every request to the runtime must carry it. */
+  readonly apiKey: Redacted.Redacted<string>
+  /** Completes when the process has exited, for whatever reason. */
+  readonly exited: Effect.Effect<ExitStatus>
+  /** SIGTERM to the process group, SIGKILL after `grace`; completes once it has exited. */
+  readonly stop: (grace: Duration.DurationInput) => Effect.Effect<ExitStatus>
+}
+
+/**
+ * Starts the inference runtime for a verified model. The handle is scoped: closing the scope kills
+ * the process group if it is still alive and waits for it to exit.
+ */
+export class Spawner extends Context.Tag("companion-runtime/Spawner")<
+  Spawner,
+  { readonly spawn: (model: VerifiedModel) => Effect.Effect<RuntimeHandle, SpawnError, Scope.Scope> }
+>() {}

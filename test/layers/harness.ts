@@ -1,0 +1,61 @@
+/** Shared by the manager tests: a model, a configuration read through Config, and assertions. */
+import { assert } from "@effect/vitest"
+import { Cause, ConfigProvider, Effect, Exit, Layer, Option } from "effect"
+import * as RuntimeManagerLive from "../../src/layers/RuntimeManagerLive.js"
+import * as TestLayers from "../../src/layers/TestLayers.js"
+import { RuntimeManagerConfig } from "../../src/services/RuntimeManager.js"
+import { assertCarriesNoInput, bytesOf, sha256Hex } from "../domain/fixtures.js"
+
+export const MODEL = bytesOf(300_000, 11)
+export const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
+export const SOURCE = "https://models.example.com/org/tiny/resolve/main/tiny.gguf"
+export const STORE = "/store"
+export const FINAL_PATH = `${STORE}/${SPEC.sha256}`
+export const PARTIAL_PATH = `${STORE}/partial/${SPEC.sha256}.partial`
+
+/** The configuration a test starts from; every value travels through ConfigProvider and Config. */
+export const baseConfig = {
+  storeDir: STORE,
+  model: { ...SPEC, source: SOURCE },
+  allowedSources: ["https://models.example.com/org/tiny"],
+  admission: { maxInFlight: 2, queueBound: 2 },
+  resources: { maxRamBytes: 4 * 1024 ** 3, maxCpuPercent: 90 },
+  maxObservationAge: "100 millis",
+  health: { firstProbeInterval: "50 millis", maxProbeInterval: "1 second", probeTimeout: "2 seconds", loadDeadline: "30 seconds" },
+  download: { retries: 3, retryBase: "500 millis", retryMax: "10 seconds" },
+  restart: { maxFailures: 3, window: "1 minute", cooldown: "2 minutes", backoffBase: "1 second", backoffMax: "8 seconds" },
+  stopGrace: "5 seconds"
+}
+
+type Json = { readonly [key: string]: unknown }
+const merge = (base: Json, patch: Json): Json =>
+  Object.fromEntries(
+    [...new Set([...Object.keys(base), ...Object.keys(patch)])].map((k) => {
+      const a = base[k]
+      const b = patch[k]
+      const nested = typeof a === "object" && a !== null && !Array.isArray(a) && typeof b === "object" && b !== null && !Array.isArray(b)
+      return [k, nested ? merge(a as Json, b as Json) : b === undefined ? a : b]
+    })
+  )
+
+export const loadConfig = (patch: Json = {}) =>
+  Effect.withConfigProvider(RuntimeManagerConfig, ConfigProvider.fromJson(merge(baseConfig, patch)))
+
+/** The manager over the in-memory layers, with every test control available. */
+export const managerLayer = (patch: Json = {}) =>
+  Layer.unwrapEffect(Effect.map(loadConfig(patch), (config) => RuntimeManagerLive.layer(config))).pipe(
+    Layer.provideMerge(TestLayers.layer)
+  )
+
+/** Run `effect`, expect it to fail with this tag and reason, and check the error carries no input. */
+export const expectFailure = <A, E>(effect: Effect.Effect<A, E, never>, tag: string, reason: string) =>
+  Effect.gen(function*() {
+    const exit = yield* Effect.exit(effect)
+    if (Exit.isSuccess(exit)) return assert.fail(`expected ${tag}/${reason}, got success`)
+    const failure = Cause.failureOption(exit.cause)
+    if (Option.isNone(failure)) return assert.fail(`expected ${tag}/${reason}, got ${Cause.pretty(exit.cause)}`)
+    const error = failure.value as { _tag: string; reason: string; message: string }
+    assert.strictEqual(`${error._tag}/${error.reason}`, `${tag}/${reason}`)
+    if (!("retryAfterMillis" in error)) assertCarriesNoInput(error)
+    return error
+  })
