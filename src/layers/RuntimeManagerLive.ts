@@ -373,7 +373,6 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
         Effect.gen(function*() {
           const s = yield* SubscriptionRef.get(ref)
           if (s.runtime !== runtime) return false
-          yield* Deferred.fail(runtime.gone, new RuntimeExitedError({ reason: "runtime_exited" }))
           yield* transition("exited", (s) => ({ ...refuseWaiters(s), runtime: undefined }))
           yield* Scope.close(runtime.scope, Exit.void)
           yield* Effect.logWarning("the runtime exited on its own")
@@ -384,11 +383,13 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     })
 
   const supervise = (runtime: Runtime) =>
-    Effect.zipRight(
-      runtime.handle.exited,
+    Effect.gen(function*() {
+      yield* runtime.handle.exited
+      // In-flight work fails at once, without waiting for the lifecycle lock (a drain may hold it).
+      yield* Deferred.fail(runtime.gone, new RuntimeExitedError({ reason: "runtime_exited" }))
       // Handled outside the runtime's scope, since handling it closes that scope.
-      Effect.forkIn(onCrash(runtime), layerScope)
-    )
+      yield* Effect.forkIn(onCrash(runtime), layerScope)
+    })
 
   const restartLoop = Effect.gen(function*() {
     for (let attempt = 0; ; attempt++) {

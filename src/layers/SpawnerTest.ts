@@ -23,7 +23,7 @@ export interface FakeRuntime {
 export interface SpawnerBehaviour {
   /** The process ignores SIGTERM and lives until SIGKILL. */
   readonly ignoreSigterm: boolean
-  /** How long the process takes to exit after SIGTERM. */
+  /** How long the process takes to exit after SIGTERM (default: at once). */
   readonly exitAfterSigterm: Duration.DurationInput
 }
 
@@ -43,7 +43,7 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
   Effect.gen(function*() {
     const spawned = yield* Ref.make<ReadonlyArray<FakeRuntime>>([])
     const nextFailure = yield* Ref.make<SpawnError | undefined>(undefined)
-    const behaviour = yield* Ref.make<SpawnerBehaviour>({ ignoreSigterm: false, exitAfterSigterm: Duration.millis(10) })
+    const behaviour = yield* Ref.make<SpawnerBehaviour>({ ignoreSigterm: false, exitAfterSigterm: Duration.zero })
 
     const makeProcess = (model: VerifiedModel, pid: number) =>
       Effect.gen(function*() {
@@ -60,9 +60,12 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
             if (!(yield* Deferred.isDone(exited))) {
               yield* signal("SIGTERM")
               const { exitAfterSigterm, ignoreSigterm } = yield* Ref.get(behaviour)
+              const exitNow = Deferred.succeed(exited, { code: 0, signal: null })
               const graceful = ignoreSigterm
                 ? Effect.never
-                : Effect.zipRight(Effect.sleep(exitAfterSigterm), Deferred.succeed(exited, { code: 0, signal: null }))
+                : Duration.isZero(Duration.decode(exitAfterSigterm))
+                ? exitNow
+                : Effect.zipRight(Effect.sleep(exitAfterSigterm), exitNow)
               yield* Effect.race(graceful, Deferred.await(exited)).pipe(Effect.timeout(grace), Effect.ignore)
               yield* kill
             }

@@ -120,11 +120,14 @@ const positiveInt = (name: string, fallback: number) =>
     Config.mapOrFail((n) => (n > 0 ? Either.right(n) : invalid([name], "a positive integer")))
   )
 
+const positive = (name: string) =>
+  Config.mapOrFail((d: Duration.Duration) => (Duration.toMillis(d) > 0 ? Either.right(d) : invalid([name], "a positive duration")))
+
 const positiveDuration = (name: string, fallback: Duration.DurationInput) =>
-  Config.duration(name).pipe(
-    Config.withDefault(Duration.decode(fallback)),
-    Config.mapOrFail((d) => (Duration.toMillis(d) > 0 ? Either.right(d) : invalid([name], "a positive duration")))
-  )
+  Config.duration(name).pipe(Config.withDefault(Duration.decode(fallback)), positive(name))
+
+/** Off unless configured: no default inside the option, or it would always be on. */
+const optionalDuration = (name: string) => Config.option(Config.duration(name).pipe(positive(name)))
 
 /**
  * The manager's configuration, with defaults for everything but the model. Messages name the field
@@ -148,7 +151,7 @@ export const RuntimeManagerConfig: Config.Config<RuntimeManagerConfig> = Config.
     Config.all({
       maxInFlight: positiveInt("maxInFlight", 4),
       queueBound: positiveInt("queueBound", 64),
-      queueTimeout: Config.option(positiveDuration("queueTimeout", "1 second"))
+      queueTimeout: optionalDuration("queueTimeout")
     }),
     "admission"
   ),
@@ -205,5 +208,5 @@ export const RuntimeManagerConfig: Config.Config<RuntimeManagerConfig> = Config.
     "restart"
   ),
   stopGrace: positiveDuration("stopGrace", "5 seconds"),
-  idleTtl: Config.option(positiveDuration("idleTtl", "10 minutes"))
+  idleTtl: optionalDuration("idleTtl")
 })

@@ -59,3 +59,15 @@ export const expectFailure = <A, E>(effect: Effect.Effect<A, E, never>, tag: str
     if (!("retryAfterMillis" in error)) assertCarriesNoInput(error)
     return error
   })
+
+import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
+import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+
+/** Serve the model and start the runtime; health answers "ok" at once unless scripted. */
+export const startReady = Effect.gen(function*() {
+  const downloader = yield* DownloaderControl
+  const manager = yield* RuntimeManager
+  yield* downloader.serve(SOURCE, MODEL)
+  yield* manager.start
+  return manager
+})
