@@ -1,6 +1,19 @@
 // Pure decisions
 export * as Admission from "./domain/Admission.js"
-export * from "./domain/Errors.js"
+export {
+  AdmissionError,
+  type AdmissionReason,
+  type DomainError,
+  type DomainReason,
+  IntegrityError,
+  type IntegrityReason,
+  LifecycleError,
+  type LifecycleReason,
+  RequestGateError,
+  type RequestGateReason,
+  ResourceError,
+  type ResourceReason
+} from "./domain/Errors.js"
 export * as Integrity from "./domain/Integrity.js"
 export * as Lifecycle from "./domain/Lifecycle.js"
 export * as RequestGate from "./domain/RequestGate.js"

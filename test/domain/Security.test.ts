@@ -116,19 +116,24 @@ describe("fail-closed posture", () => {
 })
 
 describe("no ambient authority", () => {
-  it("the public API exports the decision modules and the error classes, nothing that acts", () => {
+  it("the public API is exactly this list: decisions, errors, service tags and layers", () => {
     assert.deepStrictEqual(Object.keys(Api).sort(), [
-      "Admission",
-      "AdmissionError",
-      "Integrity",
-      "IntegrityError",
-      "Lifecycle",
-      "LifecycleError",
-      "RequestGate",
-      "RequestGateError",
-      "ResourceError",
-      "ResourcePolicy"
+      "Admission", "AdmissionError", "CircuitOpenError", "DownloadError", "Downloader", "DownloaderTest",
+      "HealthError", "HealthProbe", "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle",
+      "LifecycleError", "MemoryFileSystem", "ModelStoreError", "QueueTimeoutError", "RequestGate",
+      "RequestGateError", "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError",
+      "ResourceStatTest", "RuntimeExitedError", "RuntimeManager", "RuntimeManagerConfig", "RuntimeManagerLive",
+      "SpawnError", "Spawner", "SpawnerTest", "StartError", "TestLayers", "VerifiedModel", "transientDownloadReasons"
     ])
+  })
+
+  it("the decision modules export decisions and schemas only, nothing that acts", () => {
+    const exported = (m: object) => Object.keys(m).sort()
+    assert.deepStrictEqual(exported(Api.Admission), ["AdmissionLimits", "AdmissionState", "evaluate", "makeAdmissionState", "recordAdmit", "recordComplete", "recordDequeue", "recordEnqueue"])
+    assert.deepStrictEqual(exported(Api.Integrity), ["ModelSpec", "Sha256Hex", "checkSource", "checkSpec", "makeVerifier", "verifyBytes"])
+    assert.deepStrictEqual(exported(Api.Lifecycle), ["LifecycleEvent", "LifecycleState", "canServe", "initialState", "requireReady", "transition"])
+    assert.deepStrictEqual(exported(Api.RequestGate), ["decide"])
+    assert.deepStrictEqual(exported(Api.ResourcePolicy), ["ResourceLimits", "ResourceObservation", "checkLimits", "evaluateResources"])
   })
 
   // Under mutation testing the sources on disk are Stryker's instrumented copies, not ours.

@@ -1,0 +1,215 @@
+/** run: the gate around inference effects — admission, queueing, timeouts, interruption, resources. */
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, ConfigProvider, Deferred, Effect, Exit, Fiber, Metric, MetricState, Option, Random, TestClock } from "effect"
+import { ResourceStatControl } from "../../src/layers/ResourceStatTest.js"
+import { metrics } from "../../src/layers/RuntimeManagerLive.js"
+import { ResourceStatError } from "../../src/services/Errors.js"
+import { RuntimeManager, RuntimeManagerConfig } from "../../src/services/RuntimeManager.js"
+import { baseConfig, expectFailure, loadConfig, managerLayer, startReady } from "./harness.js"
+
+const counter = (metric: Metric.Metric.Counter<number>) =>
+  Effect.map(Metric.value(metric), (state: MetricState.MetricState.Counter<number>) => state.count)
+
+describe("RuntimeManager.run", () => {
+  it.effect("refuses when the runtime is not ready", () =>
+    Effect.gen(function*() {
+      const manager = yield* RuntimeManager
+      yield* expectFailure(manager.run(() => Effect.void), "LifecycleError", "not_ready")
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("returns the effect's value and gives the slot back on success and failure", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      assert.strictEqual(yield* manager.run(() => Effect.succeed("hello")), "hello")
+      const failed = yield* Effect.either(manager.run(() => Effect.fail("inference broke" as const)))
+      assert.deepStrictEqual(failed._tag === "Left" ? failed.left : undefined, "inference broke")
+      const died = yield* Effect.exit(manager.run(() => Effect.die("boom")))
+      assert.isTrue(Exit.isFailure(died))
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [0, 0])
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("runs at most maxInFlight, queues up to queueBound in FIFO order, and refuses beyond", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const order: Array<string> = []
+      const gates = [yield* Deferred.make<void>(), yield* Deferred.make<void>()]
+      const running = yield* Effect.forEach(gates, (gate, i) =>
+        Effect.fork(manager.run(() => Effect.zipRight(Effect.sync(() => order.push(`run${i}`)), Deferred.await(gate)))))
+      yield* Effect.yieldNow()
+      const queued = yield* Effect.forEach(["q0", "q1"], (name) =>
+        Effect.fork(manager.run(() => Effect.sync(() => void order.push(name)))))
+      yield* Effect.yieldNow()
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [2, 2])
+      yield* expectFailure(manager.run(() => Effect.void), "AdmissionError", "queue_full")
+
+      yield* Deferred.succeed(gates[0]!, undefined)
+      for (const fiber of [running[0]!, ...queued]) yield* Fiber.join(fiber)
+      yield* Deferred.succeed(gates[1]!, undefined)
+      yield* Fiber.join(running[1]!)
+      assert.deepStrictEqual(order, ["run0", "run1", "q0", "q1"])
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [0, 0])
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("a queued request that waits past the queue timeout fails and leaves the queue", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      yield* Effect.forEach([1, 2], () => Effect.fork(manager.run(() => Effect.never)))
+      yield* Effect.yieldNow()
+      const waiting = yield* Effect.fork(manager.run(() => Effect.void))
+      yield* Effect.yieldNow()
+      assert.strictEqual((yield* manager.status).queued, 1)
+      yield* TestClock.adjust("3 seconds")
+      yield* expectFailure(Fiber.join(waiting), "QueueTimeoutError", "queue_timeout")
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [2, 0])
+    }).pipe(Effect.provide(managerLayer({ admission: { queueTimeout: "3 seconds" } }))))
+
+  it.effect("a request interrupted while queued or while running gives its place back", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const running = yield* Effect.forEach([1, 2], () => Effect.fork(manager.run(() => Effect.never)))
+      yield* Effect.yieldNow()
+      const queued = yield* Effect.fork(manager.run(() => Effect.void))
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(queued)
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [2, 0])
+      yield* Fiber.interrupt(running[0]!)
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [1, 0])
+      yield* Fiber.interrupt(running[1]!)
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [0, 0])
+      assert.strictEqual(yield* manager.run(() => Effect.succeed(1)), 1)
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("refuses over a resource ceiling and gives the slot back", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const stat = yield* ResourceStatControl
+      yield* stat.observations({ ramBytes: 5 * 1024 ** 3, vramBytes: 0, cpuPercent: 10 })
+      yield* expectFailure(manager.run(() => Effect.void), "ResourceError", "ram_over_limit")
+      yield* TestClock.adjust("1 second")
+      yield* stat.observations({ ramBytes: 0, vramBytes: 0, cpuPercent: 95 })
+      yield* expectFailure(manager.run(() => Effect.void), "ResourceError", "cpu_over_limit")
+      yield* TestClock.adjust("1 second")
+      yield* stat.observations(new ResourceStatError({ reason: "process_gone" }))
+      yield* expectFailure(manager.run(() => Effect.void), "ResourceStatError", "process_gone")
+      assert.strictEqual((yield* manager.status).inFlight, 0)
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("applies a VRAM ceiling when one is configured", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      yield* (yield* ResourceStatControl).observations({ ramBytes: 0, vramBytes: 3 * 1024 ** 3, cpuPercent: 0 })
+      yield* expectFailure(manager.run(() => Effect.void), "ResourceError", "vram_over_limit")
+    }).pipe(Effect.provide(managerLayer({ resources: { maxVramBytes: 2 * 1024 ** 3 } }))))
+
+  it.effect("reuses an observation up to maxObservationAge, then takes a fresh one", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const stat = yield* ResourceStatControl
+      yield* manager.run(() => Effect.void)
+      yield* manager.run(() => Effect.void)
+      assert.strictEqual(yield* stat.calls, 1)
+      yield* TestClock.adjust("101 millis")
+      yield* manager.run(() => Effect.void)
+      assert.strictEqual(yield* stat.calls, 2)
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("counts admissions and rejections by reason", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const admitted0 = yield* counter(metrics.admissions)
+      const full = Metric.tagged(metrics.rejections, "reason", "queue_full")
+      const full0 = yield* counter(full)
+      yield* manager.run(() => Effect.void)
+      yield* Effect.forEach([1, 2, 3, 4], () => Effect.fork(manager.run(() => Effect.never)))
+      yield* Effect.yieldNow()
+      yield* Effect.exit(manager.run(() => Effect.void))
+      assert.strictEqual((yield* counter(metrics.admissions)) - admitted0, 3)
+      assert.strictEqual((yield* counter(full)) - full0, 1)
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("a flood of 10,000 requests with random interruptions and failures never passes the bounds and ends empty", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const bounds = { maxInFlight: 4, queueBound: 16 }
+      let samples = 0
+      let violations = 0
+      const probe = Effect.gen(function*() {
+        const s = yield* manager.status
+        samples++
+        if (s.inFlight > bounds.maxInFlight || s.queued > bounds.queueBound || s.inFlight < 0 || s.queued < 0) violations++
+      })
+      const prober = yield* Effect.fork(Effect.forever(Effect.zipRight(probe, Effect.yieldNow())))
+      const outcomes = { ok: 0, failed: 0, refused: 0, interrupted: 0 }
+      yield* Effect.forEach(
+        Array.from({ length: 10_000 }, (_, i) => i),
+        (i) =>
+          Effect.gen(function*() {
+            const work = Effect.gen(function*() {
+              yield* probe
+              yield* Effect.sleep(`${yield* Random.nextIntBetween(1, 20)} millis`)
+              if (i % 7 === 0) return yield* Effect.fail("inference failed" as const)
+              return i
+            })
+            const fiber = yield* Effect.fork(manager.run(() => work))
+            if (i % 5 === 0) {
+              yield* Effect.sleep(`${yield* Random.nextIntBetween(0, 10)} millis`)
+              yield* Fiber.interrupt(fiber)
+            }
+            const exit = yield* Fiber.await(fiber)
+            if (Exit.isSuccess(exit)) outcomes.ok++
+            else if (Exit.isInterrupted(exit)) outcomes.interrupted++
+            else if (Option.exists(Cause.failureOption(exit.cause), (e) => typeof e === "object" && e.reason === "queue_full")) outcomes.refused++
+            else outcomes.failed++
+          }),
+        { concurrency: 64, discard: true }
+      ).pipe(Effect.fork, Effect.flatMap((all) =>
+        Effect.gen(function*() {
+          while (!(yield* Fiber.poll(all)).pipe(Option.isSome)) yield* TestClock.adjust("5 millis")
+          yield* Fiber.join(all)
+        })))
+      yield* Fiber.interrupt(prober)
+      assert.strictEqual(outcomes.ok + outcomes.failed + outcomes.refused + outcomes.interrupted, 10_000)
+      assert.isAbove(outcomes.ok, 0)
+      assert.isAbove(outcomes.interrupted, 0)
+      assert.isAbove(samples, 10_000)
+      assert.strictEqual(violations, 0)
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [0, 0])
+    }).pipe(Effect.provide(managerLayer({ admission: { maxInFlight: 4, queueBound: 16 } }))), 60_000)
+})
+
+describe("RuntimeManagerConfig", () => {
+  it.effect("fills defaults; the queue timeout and idle unload are off unless configured", () =>
+    Effect.gen(function*() {
+      const config = yield* Effect.withConfigProvider(
+        RuntimeManagerConfig,
+        ConfigProvider.fromJson({ model: baseConfig.model, allowedSources: baseConfig.allowedSources })
+      )
+      assert.strictEqual(config.admission.maxInFlight, 4)
+      assert.strictEqual(config.admission.queueBound, 64)
+      assert.isTrue(Option.isNone(config.admission.queueTimeout))
+      assert.isTrue(Option.isNone(config.idleTtl))
+      assert.isFalse("maxVramBytes" in config.resources)
+      assert.strictEqual(config.restart.enabled, true)
+    }))
+
+  it.effect("names the field and what it expected, never the value", () =>
+    Effect.gen(function*() {
+      const secretSource = "https://tenant-991.example/private/m.gguf"
+      const cases = [
+        { model: { ...baseConfig.model, sha256: "SECRETDIGEST", source: secretSource } },
+        { admission: { maxInFlight: -3 } },
+        { resources: { maxCpuPercent: 250 } },
+        { health: { loadDeadline: "0 millis" } }
+      ]
+      for (const patch of cases) {
+        const exit = yield* Effect.exit(loadConfig(patch))
+        assert.isTrue(Exit.isFailure(exit))
+        const text = String(Exit.isFailure(exit) ? exit.cause : "")
+        assert.notInclude(text, "SECRETDIGEST")
+        assert.notInclude(text, "tenant-991")
+        assert.notInclude(text, "-3")
+        assert.notInclude(text, "250")
+        assert.match(text, /expected/)
+      }
+    }))
+})
