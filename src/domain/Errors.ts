@@ -48,50 +48,25 @@ const requestGateMessages = {
 export const reasonLiterals = <M extends Record<string, string>>(messages: M) =>
   Object.keys(messages) as unknown as readonly [keyof M & string, ...Array<keyof M & string>]
 
-export class IntegrityError extends Schema.TaggedError<IntegrityError>("companion-runtime/IntegrityError")(
-  "IntegrityError",
-  { reason: Schema.Literal(...reasonLiterals(integrityMessages)) }
-) {
-  override get message(): string {
-    return integrityMessages[this.reason]
+/**
+ * A `Schema.TaggedError` whose only field is a `reason` from `messages`, and whose message is that
+ * reason's fixed text. Every error of this project that carries nothing else is made here.
+ */
+export const ReasonError = <const Tag extends string, const M extends Record<string, string>>(tag: Tag, messages: M) =>
+  class extends Schema.TaggedError<{ readonly _tag: Tag; readonly reason: keyof M & string }>(`companion-runtime/${tag}`)(
+    tag,
+    { reason: Schema.Literal(...reasonLiterals(messages)) }
+  ) {
+    override get message(): string {
+      return messages[this.reason] as string
+    }
   }
-}
 
-export class LifecycleError extends Schema.TaggedError<LifecycleError>("companion-runtime/LifecycleError")(
-  "LifecycleError",
-  { reason: Schema.Literal(...reasonLiterals(lifecycleMessages)) }
-) {
-  override get message(): string {
-    return lifecycleMessages[this.reason]
-  }
-}
-
-export class AdmissionError extends Schema.TaggedError<AdmissionError>("companion-runtime/AdmissionError")(
-  "AdmissionError",
-  { reason: Schema.Literal(...reasonLiterals(admissionMessages)) }
-) {
-  override get message(): string {
-    return admissionMessages[this.reason]
-  }
-}
-
-export class ResourceError extends Schema.TaggedError<ResourceError>("companion-runtime/ResourceError")(
-  "ResourceError",
-  { reason: Schema.Literal(...reasonLiterals(resourceMessages)) }
-) {
-  override get message(): string {
-    return resourceMessages[this.reason]
-  }
-}
-
-export class RequestGateError extends Schema.TaggedError<RequestGateError>("companion-runtime/RequestGateError")(
-  "RequestGateError",
-  { reason: Schema.Literal(...reasonLiterals(requestGateMessages)) }
-) {
-  override get message(): string {
-    return requestGateMessages[this.reason]
-  }
-}
+export class IntegrityError extends ReasonError("IntegrityError", integrityMessages) {}
+export class LifecycleError extends ReasonError("LifecycleError", lifecycleMessages) {}
+export class AdmissionError extends ReasonError("AdmissionError", admissionMessages) {}
+export class ResourceError extends ReasonError("ResourceError", resourceMessages) {}
+export class RequestGateError extends ReasonError("RequestGateError", requestGateMessages) {}
 
 export type IntegrityReason = IntegrityError["reason"]
 export type LifecycleReason = LifecycleError["reason"]

@@ -5,7 +5,7 @@
  * their boundary, so no URL, path, digest, key or OS message crosses it.
  */
 import { Schema } from "effect"
-import { reasonLiterals as reasons } from "../domain/Errors.js"
+import { ReasonError, reasonLiterals } from "../domain/Errors.js"
 
 const downloadMessages = {
   connection_failed: "The download connection failed.",
@@ -35,7 +35,7 @@ export const transientDownloadReasons: ReadonlySet<DownloadError["reason"]> = ne
 export class DownloadError extends Schema.TaggedError<DownloadError>("companion-runtime/DownloadError")(
   "DownloadError",
   {
-    reason: Schema.Literal(...reasons(downloadMessages)),
+    reason: Schema.Literal(...reasonLiterals(downloadMessages)),
     /** A server's Retry-After, in milliseconds, when it gave one. */
     retryAfterMillis: Schema.optionalWith(Schema.NonNegativeInt, { exact: true })
   }
@@ -53,14 +53,7 @@ const modelStoreMessages = {
   store_locked: "Another process is writing this model."
 } as const
 
-export class ModelStoreError extends Schema.TaggedError<ModelStoreError>("companion-runtime/ModelStoreError")(
-  "ModelStoreError",
-  { reason: Schema.Literal(...reasons(modelStoreMessages)) }
-) {
-  override get message(): string {
-    return modelStoreMessages[this.reason]
-  }
-}
+export class ModelStoreError extends ReasonError("ModelStoreError", modelStoreMessages) {}
 
 const spawnMessages = {
   spawn_failed: "The runtime process could not be started.",
@@ -68,14 +61,7 @@ const spawnMessages = {
   exited_early: "The runtime process exited before it reported its address."
 } as const
 
-export class SpawnError extends Schema.TaggedError<SpawnError>("companion-runtime/SpawnError")(
-  "SpawnError",
-  { reason: Schema.Literal(...reasons(spawnMessages)) }
-) {
-  override get message(): string {
-    return spawnMessages[this.reason]
-  }
-}
+export class SpawnError extends ReasonError("SpawnError", spawnMessages) {}
 
 const healthMessages = {
   unreachable: "The runtime's health endpoint could not be reached.",
@@ -83,14 +69,7 @@ const healthMessages = {
   unhealthy: "The runtime reported that it is unhealthy."
 } as const
 
-export class HealthError extends Schema.TaggedError<HealthError>("companion-runtime/HealthError")(
-  "HealthError",
-  { reason: Schema.Literal(...reasons(healthMessages)) }
-) {
-  override get message(): string {
-    return healthMessages[this.reason]
-  }
-}
+export class HealthError extends ReasonError("HealthError", healthMessages) {}
 
 const resourceStatMessages = {
   stat_failed: "The runtime's resource usage could not be read.",
@@ -98,14 +77,7 @@ const resourceStatMessages = {
   process_gone: "The runtime process is gone."
 } as const
 
-export class ResourceStatError extends Schema.TaggedError<ResourceStatError>("companion-runtime/ResourceStatError")(
-  "ResourceStatError",
-  { reason: Schema.Literal(...reasons(resourceStatMessages)) }
-) {
-  override get message(): string {
-    return resourceStatMessages[this.reason]
-  }
-}
+export class ResourceStatError extends ReasonError("ResourceStatError", resourceStatMessages) {}
 
 const startMessages = {
   load_deadline_exceeded: "The runtime did not become healthy before the load deadline.",
@@ -113,43 +85,19 @@ const startMessages = {
   exited_while_starting: "The runtime process exited while starting."
 } as const
 
-export class StartError extends Schema.TaggedError<StartError>("companion-runtime/StartError")(
-  "StartError",
-  { reason: Schema.Literal(...reasons(startMessages)) }
-) {
-  override get message(): string {
-    return startMessages[this.reason]
-  }
-}
+export class StartError extends ReasonError("StartError", startMessages) {}
 
 const runtimeExitedMessages = {
   runtime_exited: "The runtime process exited while the request was running.",
   runtime_stopped: "The runtime was stopped before the request finished."
 } as const
 
-export class RuntimeExitedError extends Schema.TaggedError<RuntimeExitedError>("companion-runtime/RuntimeExitedError")(
-  "RuntimeExitedError",
-  { reason: Schema.Literal(...reasons(runtimeExitedMessages)) }
-) {
-  override get message(): string {
-    return runtimeExitedMessages[this.reason]
-  }
-}
+export class RuntimeExitedError extends ReasonError("RuntimeExitedError", runtimeExitedMessages) {}
 
-export class QueueTimeoutError extends Schema.TaggedError<QueueTimeoutError>("companion-runtime/QueueTimeoutError")(
-  "QueueTimeoutError",
-  { reason: Schema.Literal("queue_timeout") }
-) {
-  override get message(): string {
-    return "The request waited in the queue for too long."
-  }
-}
+export class QueueTimeoutError extends ReasonError("QueueTimeoutError", {
+  queue_timeout: "The request waited in the queue for too long."
+}) {}
 
-export class CircuitOpenError extends Schema.TaggedError<CircuitOpenError>("companion-runtime/CircuitOpenError")(
-  "CircuitOpenError",
-  { reason: Schema.Literal("circuit_open") }
-) {
-  override get message(): string {
-    return "The runtime failed too often; starts are refused until the circuit cools down."
-  }
-}
+export class CircuitOpenError extends ReasonError("CircuitOpenError", {
+  circuit_open: "The runtime failed too often; starts are refused until the circuit cools down."
+}) {}

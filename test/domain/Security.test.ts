@@ -150,7 +150,11 @@ describe("no ambient authority", () => {
   })
 
   it("every reason code maps to exactly one error class", () => {
-    const classes = [Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError, Api.RequestGateError]
+    const classes = [
+      Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError, Api.RequestGateError,
+      Api.DownloadError, Api.ModelStoreError, Api.SpawnError, Api.HealthError, Api.ResourceStatError,
+      Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError
+    ]
     const seen = new Map<string, string>()
     for (const cls of classes) {
       const literals = (cls.fields.reason as unknown as { literals: ReadonlyArray<string> }).literals
@@ -158,7 +162,7 @@ describe("no ambient authority", () => {
         assert.isFalse(seen.has(reason), `${reason} appears in two classes`)
         seen.set(reason, cls.name)
         // Construct each one: the message is fixed and names no value.
-        const error = new (cls as unknown as new (a: { reason: string }) => DomainError)({ reason })
+        const error = new (cls as unknown as new (a: { reason: string }) => { _tag: string; reason: string; message: string })({ reason })
         assertCarriesNoInput(error)
         assert.isAbove(error.message.length, 10)
       }
