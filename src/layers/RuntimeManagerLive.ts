@@ -1,13 +1,16 @@
 /**
  * The RuntimeManager: the pure decisions of `src/domain` driven by the four services and the
- * file system. All mutable state lives in one SubscriptionRef and changes only inside its
- * critical section, so a transition, an admission and a hand-over of a slot are each atomic.
+ * file system. All mutable state lives in one Ref and changes only through synchronous updates,
+ * so a transition, an admission and a hand-over of a slot are each atomic. Lifecycle changes are
+ * published separately, since they happen only under the lifecycle lock.
  */
 import { FileSystem, Path } from "@effect/platform"
 import {
   Cause,
   Clock,
   Deferred,
+  Fiber,
+  FiberId,
   Duration,
   Effect,
   Either,
@@ -16,6 +19,7 @@ import {
   Layer,
   Metric,
   Option,
+  Ref,
   Schedule,
   Scope,
   Stream,
@@ -44,6 +48,7 @@ import {
   type LifecycleChange,
   type ManagerStatus,
   type RunFailure,
+  type RuntimeEndpoint,
   RuntimeManager,
   RuntimeManagerConfig,
   type RuntimeManagerService
@@ -71,11 +76,17 @@ interface Runtime {
   readonly handle: RuntimeHandle
   /** Closing it interrupts the supervisor, stops the process gracefully, then kills what is left. */
   readonly scope: Scope.CloseableScope
-  /** Fails once the runtime stops serving; every in-flight request races it. */
-  readonly gone: Deferred.Deferred<never, RuntimeExitedError>
+  /** The fibers running requests on it; interrupted when it stops serving. */
+  readonly requests: Set<Fiber.RuntimeFiber<unknown, unknown>>
+  /** Why it stopped serving, once it has. */
+  gone: RuntimeExitedError | undefined
 }
 
-type Waiter = Deferred.Deferred<Runtime, LifecycleError>
+interface Waiter {
+  readonly deferred: Deferred.Deferred<Runtime, LifecycleError>
+  /** Set when a released slot was handed to this waiter. */
+  granted: boolean
+}
 
 interface State {
   readonly lifecycle: Lifecycle.LifecycleState
@@ -92,6 +103,8 @@ interface State {
   readonly lastActivity: number
   /** Stopped by the idle timer: the next request loads the runtime again. */
   readonly unloadedIdle: boolean
+  /** Completed by the release that brings in-flight work to zero while draining. */
+  readonly drained: Deferred.Deferred<void> | undefined
 }
 
 const notReady = () => new LifecycleError({ reason: "not_ready" })
@@ -122,7 +135,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     () => new Error("RuntimeManager: the admission limits were not validated")
   )
   const now0 = yield* Clock.currentTimeMillis
-  const ref = yield* SubscriptionRef.make<State>({
+  const ref = yield* Ref.make<State>({
     lifecycle: Lifecycle.initialState,
     since: now0,
     runtime: undefined,
@@ -133,41 +146,63 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     circuitOpenUntil: undefined,
     restarts: 0,
     lastActivity: now0,
-    unloadedIdle: false
+    unloadedIdle: false,
+    drained: undefined
   })
+  const lifecycleChanges = yield* SubscriptionRef.make<LifecycleChange>({ state: Lifecycle.initialState, at: now0 })
   const progress = yield* SubscriptionRef.make<DownloadProgress>({ receivedBytes: 0, expectedBytes: 0 })
   // Lifecycle operations (start, drain, crash handling) run one at a time.
   const lifecycleLock = yield* Effect.makeSemaphore(1)
   // One model write at a time in this store, within this process.
   const storeLock = yield* Effect.makeSemaphore(1)
 
-  /** Change the state atomically; effects in `f` run inside the critical section. */
-  const update = <A, E>(f: (s: State, now: number) => Effect.Effect<readonly [A, State], E>) =>
+  /**
+   * Change the state atomically. `f` is synchronous; completing a Deferred inside it is how a slot
+   * changes hands without a window. Gauges move by deltas, which commute under concurrency.
+   */
+  const update = <A>(f: (s: State, now: number) => readonly [A, State]) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
-      SubscriptionRef.modifyEffect(ref, (s) =>
-        Effect.tap(f(s, now), ([, next]) =>
-          Effect.zipRight(
-            Metric.set(metrics.inFlight, next.admission.inFlight),
-            Metric.set(metrics.queued, next.admission.queued)
-          )
-        )
+      Effect.flatMap(
+        Ref.modify(ref, (s) => {
+          const [value, next] = f(s, now)
+          return [[value, next.admission.inFlight - s.admission.inFlight, next.admission.queued - s.admission.queued] as const, next]
+        }),
+        ([value, dInFlight, dQueued]) =>
+          dInFlight === 0 && dQueued === 0
+            ? Effect.succeed(value)
+            : Effect.as(
+              Effect.zipRight(Metric.modify(metrics.inFlight, dInFlight), Metric.modify(metrics.queued, dQueued)),
+              value
+            )
       )
     )
 
   /** Apply a lifecycle event through the domain table; a refused event leaves the state as it was. */
   const transition = (event: Lifecycle.LifecycleEvent, patch: (s: State) => Partial<State> = () => ({})) =>
-    update((s, now) =>
-      Either.match(Lifecycle.transition(s.lifecycle, event), {
-        onLeft: (error) => Effect.fail(error),
-        onRight: (lifecycle) => Effect.succeed([lifecycle, { ...s, ...patch(s), lifecycle, since: now }] as const)
-      })
+    Effect.tap(
+      Effect.flatten(
+        update((s, now): readonly [Either.Either<LifecycleChange, LifecycleError>, State] =>
+          Either.match(Lifecycle.transition(s.lifecycle, event), {
+            onLeft: (error) => [Either.left(error), s],
+            onRight: (lifecycle) => [Either.right({ state: lifecycle, at: now }), { ...s, ...patch(s), lifecycle, since: now }]
+          })
+        )
+      ),
+      (change) => SubscriptionRef.set(lifecycleChanges, change)
     )
 
   /** Everyone still queued is refused: the runtime is leaving `ready`. */
   const refuseWaiters = (s: State): Partial<State> => {
-    for (const waiter of s.waiters) Deferred.unsafeDone(waiter, Exit.fail(notReady()))
+    for (const waiter of s.waiters) Deferred.unsafeDone(waiter.deferred, Exit.fail(notReady()))
     return { waiters: [], admission: { ...s.admission, queued: 0 } }
   }
+
+  /** The runtime stops serving: record why and interrupt every request still running on it. */
+  const retire = (runtime: Runtime, reason: RuntimeExitedError["reason"]) =>
+    Effect.suspend(() => {
+      runtime.gone ??= new RuntimeExitedError({ reason })
+      return Fiber.interruptAll([...runtime.requests])
+    })
 
   const circuitOpen = (s: State, now: number) => s.circuitOpenUntil !== undefined && now < s.circuitOpenUntil
 
@@ -175,19 +210,18 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     const windowMs = Duration.toMillis(config.restart.window)
     const failures = [...s.failures.filter((t) => now - t < windowMs), now]
     const open = failures.length >= config.restart.maxFailures
-    return Effect.succeed([
+    return [
       open,
       {
         ...s,
         failures: open ? [] : failures,
         circuitOpenUntil: open ? now + Duration.toMillis(config.restart.cooldown) : s.circuitOpenUntil
       }
-    ] as const)
+    ] as const
   })
 
   const failIfCircuitOpen = Effect.flatMap(Clock.currentTimeMillis, (now) =>
-    Effect.flatMap(SubscriptionRef.get(ref), (s) => (circuitOpen(s, now) ? Effect.fail(new CircuitOpenError({ reason: "circuit_open" })) : Effect.void))
-  )
+    Effect.flatMap(Ref.get(ref), (s) => (circuitOpen(s, now) ? Effect.fail(new CircuitOpenError({ reason: "circuit_open" })) : Effect.void)))
 
   // -------------------------------------------------------------------------------------------
   // Model store
@@ -339,8 +373,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       // Added after the spawner's kill, so it runs first when the scope closes.
       yield* Scope.addFinalizer(scope, Effect.asVoid(handle.stop(config.stopGrace)))
       yield* waitHealthy(handle)
-      const gone = yield* Deferred.make<never, RuntimeExitedError>()
-      const runtime: Runtime = { handle, scope, gone }
+      const runtime: Runtime = { handle, scope, requests: new Set(), gone: undefined }
       yield* transition("health_ok", () => ({ runtime, unloadedIdle: false }))
       // Forked into the runtime's scope: closing the scope interrupts it before the process stops.
       yield* Effect.forkIn(supervise(runtime), scope)
@@ -371,7 +404,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     Effect.gen(function*() {
       const handled = yield* lifecycleLock.withPermits(1)(
         Effect.gen(function*() {
-          const s = yield* SubscriptionRef.get(ref)
+          const s = yield* Ref.get(ref)
           if (s.runtime !== runtime) return false
           yield* transition("exited", (s) => ({ ...refuseWaiters(s), runtime: undefined }))
           yield* Scope.close(runtime.scope, Exit.void)
@@ -386,7 +419,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     Effect.gen(function*() {
       yield* runtime.handle.exited
       // In-flight work fails at once, without waiting for the lifecycle lock (a drain may hold it).
-      yield* Deferred.fail(runtime.gone, new RuntimeExitedError({ reason: "runtime_exited" }))
+      yield* retire(runtime, "runtime_exited")
       // Handled outside the runtime's scope, since handling it closes that scope.
       yield* Effect.forkIn(onCrash(runtime), layerScope)
     })
@@ -395,16 +428,16 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     for (let attempt = 0; ; attempt++) {
       const base = Duration.toMillis(config.restart.backoffBase) * 2 ** attempt
       yield* Effect.sleep(Duration.min(Duration.millis(base), config.restart.backoffMax))
-      const s = yield* SubscriptionRef.get(ref)
+      const s = yield* Ref.get(ref)
       if (s.lifecycle !== "stopped") return
       yield* Metric.increment(metrics.restarts)
-      yield* update((s) => Effect.succeed([undefined, { ...s, restarts: s.restarts + 1 }] as const))
+      yield* update((s) => [undefined, { ...s, restarts: s.restarts + 1 }] as const)
       const outcome = yield* Effect.exit(start)
       if (Exit.isSuccess(outcome)) return
       const error = Option.getOrUndefined(Cause.failureOption(outcome.cause))
       // Give up when the circuit is open or someone else owns the lifecycle now.
       if (error === undefined || error._tag === "CircuitOpenError" || error._tag === "LifecycleError") return
-      if (circuitOpen(yield* SubscriptionRef.get(ref), yield* Clock.currentTimeMillis)) return
+      if (circuitOpen(yield* Ref.get(ref), yield* Clock.currentTimeMillis)) return
     }
   })
 
@@ -413,40 +446,58 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   // -------------------------------------------------------------------------------------------
 
   type Ticket =
-    | { readonly _tag: "admitted"; readonly runtime: Runtime }
-    | { readonly _tag: "queued" }
-    | { readonly _tag: "refused"; readonly error: LifecycleError | AdmissionError }
+    | {
+      readonly _tag: "admitted"
+      readonly runtime: Runtime
+      /** The cached observation when it is fresh enough to decide on. */
+      readonly observation: ResourcePolicy.ResourceObservation | undefined
+    }
+    | { readonly _tag: "queued"; readonly waiter: Waiter }
+    | { readonly _tag: "refused"; readonly error: LifecycleError | AdmissionError | CircuitOpenError }
+    | { readonly _tag: "reload" }
 
-  const enter = (waiter: Waiter) =>
-    update((s, now): Effect.Effect<readonly [Ticket, State]> => {
-      const ready = Lifecycle.requireReady(s.lifecycle)
-      if (Either.isLeft(ready) || s.runtime === undefined) {
-        return Effect.succeed([{ _tag: "refused", error: notReady() }, s])
-      }
-      const verdict = Admission.evaluate(s.admission)
-      if (Either.isRight(verdict)) {
-        return Effect.succeed([
-          { _tag: "admitted", runtime: s.runtime },
-          { ...s, admission: must(Admission.recordAdmit(s.admission)), lastActivity: now }
-        ])
-      }
-      if (verdict.left.reason === "at_capacity") {
-        return Effect.succeed([
-          { _tag: "queued" },
-          { ...s, admission: must(Admission.recordEnqueue(s.admission)), waiters: [...s.waiters, waiter], lastActivity: now }
-        ])
-      }
-      return Effect.succeed([{ _tag: "refused", error: verdict.left }, s])
-    })
+  const freshObservation = (s: State, now: number) =>
+    s.observation !== undefined && now - s.observation.at <= Duration.toMillis(config.maxObservationAge)
+      ? s.observation.value
+      : undefined
+
+  /** One atomic look at the state decides: circuit, idle reload, lifecycle, then admission. */
+  const enter = update((s, now): readonly [Ticket, State] => {
+    if (circuitOpen(s, now)) return [{ _tag: "refused", error: new CircuitOpenError({ reason: "circuit_open" }) }, s]
+    if (s.unloadedIdle && s.lifecycle === "stopped") return [{ _tag: "reload" }, s]
+    const ready = Lifecycle.requireReady(s.lifecycle)
+    if (Either.isLeft(ready) || s.runtime === undefined || s.runtime.gone !== undefined) {
+      return [{ _tag: "refused", error: notReady() }, s]
+    }
+    const verdict = Admission.evaluate(s.admission)
+    if (Either.isRight(verdict)) {
+      return [
+        { _tag: "admitted", runtime: s.runtime, observation: freshObservation(s, now) },
+        { ...s, admission: must(Admission.recordAdmit(s.admission)), lastActivity: now }
+      ]
+    }
+    if (verdict.left.reason === "at_capacity") {
+      const waiter: Waiter = { deferred: Deferred.unsafeMake(FiberId.none), granted: false }
+      return [
+        { _tag: "queued", waiter },
+        { ...s, admission: must(Admission.recordEnqueue(s.admission)), waiters: [...s.waiters, waiter], lastActivity: now }
+      ]
+    }
+    return [{ _tag: "refused", error: verdict.left }, s]
+  })
 
   /** Give a slot back, or hand it straight to the head of the queue. */
   const release = update((s, now) => {
     const [head, ...rest] = s.waiters
-    if (head !== undefined && s.runtime !== undefined) {
-      Deferred.unsafeDone(head, Exit.succeed(s.runtime))
-      return Effect.succeed([undefined, { ...s, admission: must(Admission.recordDequeue(s.admission)), waiters: rest, lastActivity: now }] as const)
+    // A runtime that stopped serving hands nothing on: its waiters are refused by the crash or drain.
+    if (head !== undefined && s.runtime !== undefined && s.runtime.gone === undefined) {
+      head.granted = true
+      Deferred.unsafeDone(head.deferred, Exit.succeed(s.runtime))
+      return [undefined, { ...s, admission: must(Admission.recordDequeue(s.admission)), waiters: rest, lastActivity: now }] as const
     }
-    return Effect.succeed([undefined, { ...s, admission: must(Admission.recordComplete(s.admission)), lastActivity: now }] as const)
+    const admission = must(Admission.recordComplete(s.admission))
+    if (admission.inFlight === 0 && s.drained !== undefined) Deferred.unsafeDone(s.drained, Exit.void)
+    return [undefined, { ...s, admission, lastActivity: now }] as const
   })
 
   /**
@@ -456,80 +507,90 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   const leave = (waiter: Waiter) =>
     Effect.flatten(
       update((s) => {
-        if (s.waiters.includes(waiter)) {
-          const rest = s.waiters.filter((w) => w !== waiter)
-          return Effect.succeed([Effect.void, { ...s, admission: must(Admission.recordDequeue(s.admission)), waiters: rest }] as const)
-        }
-        return Effect.map(Deferred.poll(waiter), (done) => {
-          const handedSlot = Option.exists(done, (result) => Exit.isExit(result) && Exit.isSuccess(result))
-          return [handedSlot ? release : Effect.void, s] as const
-        })
+        if (!s.waiters.includes(waiter)) return [waiter.granted ? release : Effect.void, s] as const
+        const rest = s.waiters.filter((w) => w !== waiter)
+        return [Effect.void, { ...s, admission: must(Admission.recordDequeue(s.admission)), waiters: rest }] as const
       })
     )
 
-  /** Lifecycle, then admission: a slot now, a place in the queue, or a refusal. Runs uninterruptibly but for the wait. */
-  const acquire = (restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>) =>
-    Effect.gen(function*() {
-      const waiter = yield* Deferred.make<Runtime, LifecycleError>()
-      const ticket = yield* enter(waiter)
-      if (ticket._tag === "admitted") return ticket.runtime
-      if (ticket._tag === "refused") return yield* ticket.error
+  type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  type Slot = { readonly runtime: Runtime; readonly observation: ResourcePolicy.ResourceObservation | undefined }
+
+  /** A slot now, a place in the queue, or a refusal. Runs uninterruptibly but for the waits. */
+  const acquire = (restore: Restore): Effect.Effect<Slot, LifecycleError | AdmissionError | QueueTimeoutError | CircuitOpenError> =>
+    Effect.flatMap(enter, (ticket) => {
+      if (ticket._tag === "admitted") return Effect.succeed(ticket)
+      if (ticket._tag === "refused") return Effect.fail(ticket.error)
+      if (ticket._tag === "reload") return Effect.zipRight(restore(reloadIdle), Effect.suspend(() => acquire(restore)))
+      const { waiter } = ticket
       const wait = Option.match(config.admission.queueTimeout, {
-        onNone: () => Deferred.await(waiter),
+        onNone: () => Deferred.await(waiter.deferred),
         onSome: (duration) =>
-          Effect.timeoutFail(Deferred.await(waiter), { duration, onTimeout: () => new QueueTimeoutError({ reason: "queue_timeout" }) })
+          Effect.timeoutFail(Deferred.await(waiter.deferred), {
+            duration,
+            onTimeout: () => new QueueTimeoutError({ reason: "queue_timeout" })
+          })
       })
-      return yield* restore(wait).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : leave(waiter))))
+      return restore(wait).pipe(
+        Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : leave(waiter))),
+        Effect.map((runtime): Slot => ({ runtime, observation: undefined }))
+      )
     })
 
+  /** A fresh observation, kept for the requests that follow within maxObservationAge. */
   const observe = (runtime: Runtime) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeMillis
-      const s = yield* SubscriptionRef.get(ref)
-      if (s.observation !== undefined && now - s.observation.at <= Duration.toMillis(config.maxObservationAge)) {
-        return s.observation.value
-      }
-      const value = yield* stat.observe(runtime.handle)
-      yield* update((s) => Effect.succeed([undefined, { ...s, observation: { value, at: now } }] as const))
-      return value
-    })
+    Effect.tap(stat.observe(runtime.handle), (value) =>
+      update((s, now) => [undefined, { ...s, observation: { value, at: now } }] as const))
 
   const countRejection = (error: RunFailure) =>
     Metric.increment(Metric.tagged(metrics.rejections, "reason", error.reason))
 
-  const reloadIfIdle = Effect.gen(function*() {
-    const s = yield* SubscriptionRef.get(ref)
-    if (!(s.unloadedIdle && s.lifecycle === "stopped")) return
-    yield* start.pipe(
-      Effect.catchAll((error) =>
-        error._tag === "LifecycleError" ? Effect.void : Effect.zipRight(Effect.logWarning(`reload after idle unload failed: ${error.reason}`), Effect.fail(notReady()))
-      )
+  /** After an idle unload the next request starts the runtime again; a failed start refuses it as not ready. */
+  const reloadIdle = start.pipe(
+    Effect.catchAll((error) =>
+      error._tag === "LifecycleError"
+        ? Effect.void // someone else is starting or started it
+        : Effect.zipRight(Effect.logWarning(`reload after idle unload failed: ${error.reason}`), Effect.fail(notReady()))
     )
-  })
+  )
 
   /** The gate, in the domain's order: circuit, lifecycle, admission, then resources. Holds a slot on success. */
-  const admit = (restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>) =>
-    Effect.gen(function*() {
-      yield* restore(Effect.zipRight(failIfCircuitOpen, reloadIfIdle))
-      const runtime = yield* acquire(restore)
-      yield* restore(
-        Effect.flatMap(observe(runtime), (observation) => ResourcePolicy.evaluateResources(observation, config.resources))
-      ).pipe(Effect.onError(() => release))
-      yield* Metric.increment(metrics.admissions)
-      return runtime
-    }).pipe(Effect.tapError(countRejection))
+  const admit = (restore: Restore) =>
+    Effect.flatMap(acquire(restore), ({ observation, runtime }) =>
+      (observation !== undefined ? Effect.succeed(observation) : restore(observe(runtime))).pipe(
+        Effect.flatMap((o) => ResourcePolicy.evaluateResources(o, config.resources)),
+        Effect.onError(() => release),
+        Effect.zipRight(Metric.increment(metrics.admissions)),
+        Effect.as(runtime)
+      )
+    ).pipe(Effect.tapError(countRejection))
 
-  const run: RuntimeManagerService["run"] = (request) =>
+  /**
+   * The request runs in a child fiber registered with its runtime, so a runtime that stops serving
+   * can interrupt it and the caller gets the typed reason. No span here: this is the hot path, and a
+   * span costs more than the whole gate (see docs/benchmarks.md).
+   */
+  const run: RuntimeManagerService["run"] = <A, E, R>(request: (endpoint: RuntimeEndpoint) => Effect.Effect<A, E, R>) =>
     Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(admit(restore), (runtime) =>
-        restore(
-          Effect.raceFirst(
-            request({ baseUrl: runtime.handle.baseUrl, apiKey: runtime.handle.apiKey }),
-            Effect.tapError(Deferred.await(runtime.gone), countRejection)
+        Effect.flatMap(Effect.fork(restore(request({ baseUrl: runtime.handle.baseUrl, apiKey: runtime.handle.apiKey }))), (fiber) => {
+          runtime.requests.add(fiber)
+          // Retired between admission and now: `retire` did not see this fiber, so stop it here.
+          const stopIfRetired = runtime.gone === undefined ? Effect.void : Fiber.interruptFork(fiber)
+          return stopIfRetired.pipe(
+            Effect.zipRight(restore(Fiber.await(fiber))),
+            Effect.ensuring(Effect.sync(() => runtime.requests.delete(fiber))),
+            Effect.flatMap((exit): Effect.Effect<A, E | RuntimeExitedError> => {
+              const gone = runtime.gone
+              if (Exit.isFailure(exit) && gone !== undefined && Cause.isInterruptedOnly(exit.cause)) {
+                return Effect.zipRight(countRejection(gone), Effect.fail(gone))
+              }
+              return exit
+            })
           )
-        ).pipe(Effect.ensuring(release))
+        }).pipe(Effect.ensuring(release))
       )
-    ).pipe(Effect.withSpan("RuntimeManager.run"))
+    )
 
   // -------------------------------------------------------------------------------------------
   // Drain, idle unload, status
@@ -537,20 +598,19 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
 
   const drainLocked = (deadline: Duration.DurationInput) =>
     Effect.gen(function*() {
-      yield* transition("drain", refuseWaiters)
-      yield* ref.changes.pipe(
-        Stream.takeUntil((s) => s.admission.inFlight === 0),
-        Stream.runDrain,
-        Effect.timeout(deadline),
-        Effect.ignore
-      )
-      const { runtime } = yield* SubscriptionRef.get(ref)
+      const drained = yield* Deferred.make<void>()
+      yield* transition("drain", (s) => {
+        if (s.admission.inFlight === 0) Deferred.unsafeDone(drained, Exit.void)
+        return { ...refuseWaiters(s), drained }
+      })
+      yield* Effect.ignore(Effect.timeout(Deferred.await(drained), deadline))
+      const { runtime } = yield* Ref.get(ref)
       if (runtime !== undefined) {
         // Work still running past the deadline fails now instead of hanging on a dying process.
-        yield* Deferred.fail(runtime.gone, new RuntimeExitedError({ reason: "runtime_stopped" }))
+        yield* retire(runtime, "runtime_stopped")
         yield* Scope.close(runtime.scope, Exit.void)
       }
-      yield* transition("stopped", () => ({ runtime: undefined }))
+      yield* transition("stopped", () => ({ runtime: undefined, drained: undefined }))
     })
 
   const drain: RuntimeManagerService["drain"] = Effect.fn("RuntimeManager.drain")(function*(deadline: Duration.DurationInput) {
@@ -559,7 +619,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
 
   const idleUnload = (ttl: Duration.Duration) =>
     Effect.gen(function*() {
-      const s = yield* SubscriptionRef.get(ref)
+      const s = yield* Ref.get(ref)
       const now = yield* Clock.currentTimeMillis
       const idle = s.lifecycle === "ready" && s.admission.inFlight === 0 && s.admission.queued === 0 &&
         now - s.lastActivity >= Duration.toMillis(ttl)
@@ -567,10 +627,10 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       yield* lifecycleLock.withPermits(1)(
         Effect.gen(function*() {
           // Checked again under the lock: a request may have arrived meanwhile.
-          const again = yield* SubscriptionRef.get(ref)
+          const again = yield* Ref.get(ref)
           if (again.lifecycle !== "ready" || again.admission.inFlight > 0 || again.admission.queued > 0) return
           yield* drainLocked(Duration.zero)
-          yield* update((s) => Effect.succeed([undefined, { ...s, unloadedIdle: true }] as const))
+          yield* update((s) => [undefined, { ...s, unloadedIdle: true }] as const)
           yield* Effect.logInfo("runtime unloaded after its idle time")
         })
       ).pipe(Effect.ignore)
@@ -584,7 +644,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   }
 
   const status: Effect.Effect<ManagerStatus> = Effect.gen(function*() {
-    const s = yield* SubscriptionRef.get(ref)
+    const s = yield* Ref.get(ref)
     const now = yield* Clock.currentTimeMillis
     return {
       state: s.lifecycle,
@@ -596,10 +656,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     }
   })
 
-  const changes: Stream.Stream<LifecycleChange> = ref.changes.pipe(
-    Stream.map((s): LifecycleChange => ({ state: s.lifecycle, at: s.since })),
-    Stream.changesWith((a, b) => a.state === b.state && a.at === b.at)
-  )
+  const changes: Stream.Stream<LifecycleChange> = lifecycleChanges.changes
 
   const service: RuntimeManagerService = {
     ensureModel,
@@ -608,7 +665,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     drain,
     status,
     changes,
-    available: Effect.map(SubscriptionRef.get(ref), (s) => Lifecycle.canServe(s.lifecycle)),
+    available: Effect.map(Ref.get(ref), (s) => Lifecycle.canServe(s.lifecycle)),
     progress: progress.changes
   }
   return service
