@@ -381,19 +381,20 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     yield* Effect.onError(up, () => Scope.close(scope, Exit.void))
   })
 
-  const startLocked = Effect.gen(function*() {
+  // Uninterruptible but for bringing the runtime up: an interrupted start still ends in `stopped`.
+  const startLocked = Effect.uninterruptibleMask((restore) => Effect.gen(function*() {
     yield* failIfCircuitOpen
     yield* transition("start")
-    const outcome = yield* Effect.exit(bringUp)
+    const outcome = yield* Effect.exit(restore(bringUp))
     if (Exit.isSuccess(outcome)) return
     const exited = Option.exists(
       Cause.failureOption(outcome.cause),
       (e) => e._tag === "StartError" && e.reason === "exited_while_starting"
     )
     yield* transition(exited ? "exited" : "health_fail", (s) => ({ ...refuseWaiters(s), runtime: undefined }))
-    yield* recordFailure
+    if (!Cause.isInterruptedOnly(outcome.cause)) yield* recordFailure
     return yield* outcome
-  })
+  }))
 
   const start: RuntimeManagerService["start"] = lifecycleLock.withPermits(1)(startLocked).pipe(
     Effect.withSpan("RuntimeManager.start")
@@ -596,14 +597,15 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   // Drain, idle unload, status
   // -------------------------------------------------------------------------------------------
 
+  // Uninterruptible but for the wait: an interrupted drain stops the runtime at once and still ends in `stopped`.
   const drainLocked = (deadline: Duration.DurationInput) =>
-    Effect.gen(function*() {
+    Effect.uninterruptibleMask((restore) => Effect.gen(function*() {
       const drained = yield* Deferred.make<void>()
       yield* transition("drain", (s) => {
         if (s.admission.inFlight === 0) Deferred.unsafeDone(drained, Exit.void)
         return { ...refuseWaiters(s), drained }
       })
-      yield* Effect.ignore(Effect.timeout(Deferred.await(drained), deadline))
+      const waited = yield* Effect.exit(restore(Effect.timeout(Deferred.await(drained), deadline)))
       const { runtime } = yield* Ref.get(ref)
       if (runtime !== undefined) {
         // Work still running past the deadline fails now instead of hanging on a dying process.
@@ -611,7 +613,8 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
         yield* Scope.close(runtime.scope, Exit.void)
       }
       yield* transition("stopped", () => ({ runtime: undefined, drained: undefined }))
-    })
+      if (Exit.isFailure(waited) && Cause.isInterruptedOnly(waited.cause)) return yield* Effect.interrupt
+    }))
 
   const drain: RuntimeManagerService["drain"] = Effect.fn("RuntimeManager.drain")(function*(deadline: Duration.DurationInput) {
     yield* lifecycleLock.withPermits(1)(drainLocked(deadline))

@@ -66,7 +66,8 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
                 : Duration.isZero(Duration.decode(exitAfterSigterm))
                 ? exitNow
                 : Effect.zipRight(Effect.sleep(exitAfterSigterm), exitNow)
-              yield* Effect.race(graceful, Deferred.await(exited)).pipe(Effect.timeout(grace), Effect.ignore)
+              // Interruptible, so the grace period bounds the wait even where stop runs uninterruptibly.
+              yield* Effect.interruptible(Effect.race(graceful, Deferred.await(exited))).pipe(Effect.timeout(grace), Effect.ignore)
               yield* kill
             }
             return yield* Deferred.await(exited)

@@ -24,7 +24,10 @@ export interface RuntimeHandle {
   readonly apiKey: Redacted.Redacted<string>
   /** Completes when the process has exited, for whatever reason. */
   readonly exited: Effect.Effect<ExitStatus>
-  /** SIGTERM to the process group, SIGKILL after `grace`; completes once it has exited. */
+  /**
+   * SIGTERM to the process group, SIGKILL after `grace`; completes once it has exited. It must keep
+   * to `grace` even when run uninterruptibly (as in a finalizer): its own wait is interruptible.
+   */
   readonly stop: (grace: Duration.DurationInput) => Effect.Effect<ExitStatus>
 }
 

@@ -109,6 +109,34 @@ describe("RuntimeManager.start", () => {
       assert.deepStrictEqual(seen, ["stopped", "starting", "stopped"])
     }).pipe(Effect.provide(managerLayer())))
 
+  it.effect("an interrupted start kills the process and ends stopped, without counting a failure", () =>
+    Effect.gen(function*() {
+      yield* (yield* HealthProbeControl).answers("loading")
+      const manager = yield* RuntimeManager
+      yield* (yield* DownloaderControl).serve(SOURCE, MODEL)
+      const fiber = yield* Effect.fork(manager.start)
+      yield* TestClock.adjust("100 millis")
+      yield* Fiber.interrupt(fiber)
+      assert.strictEqual((yield* manager.status).state, "stopped")
+      assert.strictEqual(yield* (yield* SpawnerControl).alive, 0)
+      yield* (yield* HealthProbeControl).answers("ok")
+      yield* manager.start
+      assert.isTrue(yield* manager.available)
+    }).pipe(Effect.provide(managerLayer({ restart: { maxFailures: 1 } }))))
+
+  it.effect("an interrupted drain stops the runtime at once and ends stopped", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const stuck = yield* Effect.fork(manager.run(() => Effect.never))
+      yield* Effect.yieldNow()
+      const draining = yield* Effect.fork(manager.drain("1 hour"))
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(draining)
+      yield* expectFailure(Fiber.join(stuck), "RuntimeExitedError", "runtime_stopped")
+      assert.strictEqual((yield* manager.status).state, "stopped")
+      assert.strictEqual(yield* (yield* SpawnerControl).alive, 0)
+    }).pipe(Effect.provide(managerLayer())))
+
   it.effect("a spawn failure leaves the manager stopped", () =>
     Effect.gen(function*() {
       const spawner = yield* SpawnerControl
