@@ -66,7 +66,9 @@ async function build() {
       "-S", staging, "-B", join(staging, "build"),
       "-DCMAKE_BUILD_TYPE=Release",
       "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-      "-DGGML_NATIVE=OFF"
+      "-DGGML_NATIVE=OFF",
+      // $ORIGIN-relative library paths: the build is renamed into the cache when complete.
+      "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"
     ])
     log("building llama-server (several minutes on 2 cores; progress below)")
     await run("cmake", ["--build", join(staging, "build"), "--target", "llama-server", "-j", "2"], true)
