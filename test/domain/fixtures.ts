@@ -25,16 +25,18 @@ export const sha256Hex = (bytes: Uint8Array): string => createHash("sha256").upd
 export const specFor = (bytes: Uint8Array): Integrity.ModelSpec =>
   Either.getOrThrow(Integrity.checkSpec({ sha256: sha256Hex(bytes), sizeBytes: bytes.length }))
 
-export const assertRight = <A>(result: Either.Either<A, DomainError>): A => {
+export const assertRight = <A>(result: Either.Either<A, DomainError | ReasonCarrier>): A => {
   if (Either.isLeft(result)) assert.fail(`expected right, got ${result.left._tag}/${result.left.reason}`)
   return result.right
 }
 
-export const assertLeft = (
-  result: Either.Either<unknown, DomainError>,
-  tag: DomainError["_tag"],
-  reason: DomainError["reason"]
-): DomainError => {
+type ReasonCarrier = { readonly _tag: string; readonly reason: string; readonly message: string }
+
+export const assertLeft = <E extends ReasonCarrier>(
+  result: Either.Either<unknown, E>,
+  tag: E["_tag"],
+  reason: E["reason"]
+): E => {
   if (Either.isRight(result)) assert.fail(`expected ${tag}/${reason}, got right`)
   assert.strictEqual(result.left._tag, tag)
   assert.strictEqual(result.left.reason, reason)
@@ -48,7 +50,7 @@ const messageByReason = new Map<string, string>()
  * Every rejection a test produces passes through here: it must serialize to its tag and reason
  * alone, and its message must be the one fixed text of that reason. Nothing else can carry input.
  */
-export const assertCarriesNoInput = (error: { readonly _tag: string; readonly reason: string; readonly message: string }): void => {
+export const assertCarriesNoInput = (error: ReasonCarrier): void => {
   assert.deepStrictEqual(Object.keys(error).sort(), ["_tag", "reason"])
   assert.strictEqual(JSON.stringify(error), JSON.stringify({ reason: error.reason, _tag: error._tag }))
   const fixed = messageByReason.get(error.reason) ?? error.message
