@@ -470,21 +470,18 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     if (Either.isLeft(ready) || s.runtime === undefined || s.runtime.gone !== undefined) {
       return [{ _tag: "refused", error: notReady() }, s]
     }
-    const verdict = Admission.evaluate(s.admission)
-    if (Either.isRight(verdict)) {
+    // The domain's steps decide and count at once: a free slot, else a place in the queue, else refusal.
+    const admitted = Admission.recordAdmit(s.admission)
+    if (Either.isRight(admitted)) {
       return [
         { _tag: "admitted", runtime: s.runtime, observation: freshObservation(s, now) },
-        { ...s, admission: must(Admission.recordAdmit(s.admission)), lastActivity: now }
+        { ...s, admission: admitted.right, lastActivity: now }
       ]
     }
-    if (verdict.left.reason === "at_capacity") {
-      const waiter: Waiter = { deferred: Deferred.unsafeMake(FiberId.none), granted: false }
-      return [
-        { _tag: "queued", waiter },
-        { ...s, admission: must(Admission.recordEnqueue(s.admission)), waiters: [...s.waiters, waiter], lastActivity: now }
-      ]
-    }
-    return [{ _tag: "refused", error: verdict.left }, s]
+    const enqueued = Admission.recordEnqueue(s.admission)
+    if (Either.isLeft(enqueued)) return [{ _tag: "refused", error: enqueued.left }, s]
+    const waiter: Waiter = { deferred: Deferred.unsafeMake(FiberId.none), granted: false }
+    return [{ _tag: "queued", waiter }, { ...s, admission: enqueued.right, waiters: [...s.waiters, waiter], lastActivity: now }]
   })
 
   /** Give a slot back, or hand it straight to the head of the queue. */
