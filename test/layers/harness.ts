@@ -48,7 +48,7 @@ export const managerLayer = (patch: Json = {}) =>
   )
 
 /** Run `effect`, expect it to fail with this tag and reason, and check the error carries no input. */
-export const expectFailure = <A, E>(effect: Effect.Effect<A, E, never>, tag: string, reason: string) =>
+export const expectFailure = <A, E, R>(effect: Effect.Effect<A, E, R>, tag: string, reason: string) =>
   Effect.gen(function*() {
     const exit = yield* Effect.exit(effect)
     if (Exit.isSuccess(exit)) return assert.fail(`expected ${tag}/${reason}, got success`)

@@ -1,0 +1,185 @@
+/**
+ * Downloader over HTTPS with `@effect/platform`'s HttpClient on undici.
+ *
+ * - Redirects are followed by hand, at most `maxRedirects`, and every hop is checked again against
+ *   the source policy (HTTPS, allowlist): a redirect is never a way around it.
+ * - `Accept-Encoding: identity`; any other content encoding is refused, so the bytes verified are
+ *   the bytes on the wire and nothing inflates them.
+ * - A resume asks for `Range: bytes=N-` and accepts a `206` only with a matching `Content-Range`;
+ *   a `200` is reported as `startsAt: 0` so the caller restarts instead of appending.
+ * - Connect timeout (TCP and TLS) from the undici agent; stall timeout (no headers, or no bytes,
+ *   for that long) from Effect. Both are typed and transient.
+ * - Extra trusted CA certificates are added to Node's bundled roots, never replacing them.
+ *
+ * No URL, header or platform error text crosses into a `DownloadError`.
+ */
+import { FileSystem, HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import * as Undici from "@effect/platform-node/Undici"
+import { Clock, Config, ConfigError, Duration, Effect, Either, Layer, Stream } from "effect"
+import { rootCertificates } from "node:tls"
+import { checkSource } from "../domain/Integrity.js"
+import { Downloader, type DownloadRequest } from "../services/Downloader.js"
+import { DownloadError } from "../services/Errors.js"
+
+export interface DownloaderOptions {
+  /** The same allowlist the manager applies to the first URL; every redirect hop must pass it. */
+  readonly allowedSources: ReadonlyArray<string>
+  /** TCP connect plus TLS handshake. Default 10 s. */
+  readonly connectTimeout?: Duration.DurationInput
+  /** Longest wait for the response headers or for the next chunk of the body. Default 30 s. */
+  readonly stallTimeout?: Duration.DurationInput
+  /** Default 5. */
+  readonly maxRedirects?: number
+  /** PEM certificates trusted in addition to Node's bundled roots (a mirror's CA, a test CA). */
+  readonly extraCaCertificates?: ReadonlyArray<string>
+}
+
+const fail = (reason: DownloadError["reason"], retryAfterMillis?: number) =>
+  Effect.fail(new DownloadError(retryAfterMillis === undefined ? { reason } : { reason, retryAfterMillis }))
+
+const isRedirect = (status: number) => status === 301 || status === 302 || status === 303 || status === 307 || status === 308
+
+const CONTENT_RANGE = /^bytes (\d+)-(\d+)\/(\d+|\*)$/
+
+/** `Retry-After` as delay-seconds or an HTTP date; undefined when absent or unreadable. */
+export const parseRetryAfter = (value: string | undefined, nowMillis: number): number | undefined => {
+  if (value === undefined) return undefined
+  const trimmed = value.trim()
+  if (/^\d+$/.test(trimmed)) {
+    const seconds = Number(trimmed)
+    return Number.isSafeInteger(seconds * 1000) ? seconds * 1000 : undefined
+  }
+  const at = Date.parse(trimmed)
+  return Number.isNaN(at) ? undefined : Math.max(0, at - nowMillis)
+}
+
+/** The start byte of a `206`'s `Content-Range`, or undefined if the header is missing or malformed. */
+export const parseContentRangeStart = (value: string | undefined): number | undefined => {
+  const match = value === undefined ? null : CONTENT_RANGE.exec(value.trim())
+  if (match === null) return undefined
+  const start = Number(match[1])
+  const end = Number(match[2])
+  const total = match[3] === "*" ? undefined : Number(match[3])
+  if (end < start || (total !== undefined && end >= total)) return undefined
+  return start
+}
+
+const isConnectTimeout = (cause: unknown): boolean =>
+  typeof cause === "object" && cause !== null &&
+  ((cause as { code?: unknown }).code === "UND_ERR_CONNECT_TIMEOUT" ||
+    isConnectTimeout((cause as { cause?: unknown }).cause))
+
+const statusError = (response: HttpClientResponse.HttpClientResponse, now: number) => {
+  const status = response.status
+  if (status === 429) return fail("rate_limited", parseRetryAfter(response.headers["retry-after"], now))
+  if (status === 408) return fail("request_timeout")
+  if (status === 503) return fail("server_error", parseRetryAfter(response.headers["retry-after"], now))
+  if (status >= 500) return fail("server_error")
+  return fail("client_error")
+}
+
+/** Builds the Downloader from an HttpClient that does not follow redirects by itself. */
+export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptions) => {
+  const stall = Duration.decode(options.stallTimeout ?? Duration.seconds(30))
+  const maxRedirects = options.maxRedirects ?? 5
+  const scoped = HttpClient.withScope(client)
+
+  const request = (url: URL, offset: number) =>
+    HttpClientRequest.get(url).pipe(
+      HttpClientRequest.setHeader("accept-encoding", "identity"),
+      offset > 0 ? HttpClientRequest.setHeader("range", `bytes=${offset}-`) : (r) => r
+    )
+
+  const send = (url: URL, offset: number) =>
+    scoped.execute(request(url, offset)).pipe(
+      Effect.catchAll((error) =>
+        error._tag === "RequestError" && isConnectTimeout(error.cause) ? fail("connect_timeout") : fail("connection_failed")
+      ),
+      Effect.timeoutFail({ duration: stall, onTimeout: () => new DownloadError({ reason: "stall_timeout" }) })
+    )
+
+  const open = ({ offset, url }: DownloadRequest) =>
+    Effect.gen(function*() {
+      let current = url
+      for (let hop = 0;; hop++) {
+        const response = yield* send(current, offset)
+        if (isRedirect(response.status)) {
+          if (hop >= maxRedirects) return yield* fail("too_many_redirects")
+          const location = response.headers["location"]
+          if (location === undefined) return yield* fail("redirect_not_allowed")
+          const next = Either.try(() => new URL(location, current))
+          if (Either.isLeft(next)) return yield* fail("redirect_not_allowed")
+          const checked = checkSource(next.right.href, options.allowedSources)
+          if (Either.isLeft(checked)) return yield* fail("redirect_not_allowed")
+          current = checked.right
+          continue
+        }
+        const encoding = response.headers["content-encoding"]
+        if (encoding !== undefined && encoding.trim().toLowerCase() !== "identity") {
+          return yield* fail("content_encoding_not_allowed")
+        }
+        let startsAt: number
+        if (response.status === 200) {
+          startsAt = 0
+        } else if (response.status === 206 && offset > 0) {
+          if (parseContentRangeStart(response.headers["content-range"]) !== offset) return yield* fail("range_mismatch")
+          startsAt = offset
+        } else {
+          return yield* statusError(response, yield* Clock.currentTimeMillis)
+        }
+        const bytes = response.stream.pipe(
+          Stream.mapError(() => new DownloadError({ reason: "connection_failed" })),
+          Stream.timeoutFail(() => new DownloadError({ reason: "stall_timeout" }), stall)
+        )
+        return { startsAt, bytes }
+      }
+    })
+
+  return Downloader.of({ open })
+}
+
+/** An undici agent with the connect timeout and the extra CAs; destroyed with the scope. */
+export const makeDispatcher = (options: DownloaderOptions) =>
+  Effect.acquireRelease(
+    Effect.sync(() =>
+      new Undici.Agent({
+        connect: {
+          timeout: Duration.toMillis(Duration.decode(options.connectTimeout ?? Duration.seconds(10))),
+          ...(options.extraCaCertificates !== undefined && options.extraCaCertificates.length > 0
+            ? { ca: [...rootCertificates, ...options.extraCaCertificates] }
+            : {})
+        }
+      })
+    ),
+    (agent) => Effect.promise(() => agent.destroy())
+  )
+
+export const make = (options: DownloaderOptions) =>
+  Effect.map(makeDispatcher(options), (agent) => makeWith(NodeHttpClient.makeUndici(agent), options))
+
+export const layer = (options: DownloaderOptions): Layer.Layer<Downloader> => Layer.scoped(Downloader, make(options))
+
+/**
+ * The same keys as `RuntimeManagerConfig` (`allowedSources`, `download.*`), plus
+ * `download.connectTimeout`, `download.stallTimeout` and `download.caFiles` (PEM files).
+ */
+export const DownloaderConfig = Config.all({
+  allowedSources: Config.array(Config.string(), "allowedSources").pipe(Config.withDefault([])),
+  connectTimeout: Config.duration("connectTimeout").pipe(Config.nested("download"), Config.withDefault(Duration.seconds(10))),
+  stallTimeout: Config.duration("stallTimeout").pipe(Config.nested("download"), Config.withDefault(Duration.seconds(30))),
+  caFiles: Config.array(Config.string(), "caFiles").pipe(Config.nested("download"), Config.withDefault([]))
+})
+
+/** Reads `DownloaderConfig`; CA files are read once, when the layer is built. */
+export const layerConfig: Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> = Layer
+  .scoped(
+    Downloader,
+    Effect.gen(function*() {
+      const config = yield* DownloaderConfig
+      const fs = yield* FileSystem.FileSystem
+      const extraCaCertificates = yield* Effect.forEach(config.caFiles, (file) =>
+        fs.readFileString(file).pipe(Effect.mapError(() => ConfigError.InvalidData(["download", "caFiles"], "a readable PEM file"))))
+      return yield* make({ ...config, extraCaCertificates })
+    })
+  )

@@ -1,0 +1,328 @@
+/**
+ * DownloaderLive against a real HTTPS origin on loopback (test CA made at test time), and through
+ * RuntimeManager.ensureModel onto a real file system, for every hostile case the issue names.
+ */
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync, existsSync, statSync } from "node:fs"
+import { createServer, type Server, type Socket } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { gzipSync } from "node:zlib"
+import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Chunk, Effect, Layer, Stream } from "effect"
+import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
+import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
+import * as DownloaderLive from "../../src/layers/DownloaderLive.js"
+import * as HealthProbeTest from "../../src/layers/HealthProbeTest.js"
+import * as ResourceStatTest from "../../src/layers/ResourceStatTest.js"
+import * as RuntimeManagerLive from "../../src/layers/RuntimeManagerLive.js"
+import * as SpawnerTest from "../../src/layers/SpawnerTest.js"
+import { Downloader } from "../../src/services/Downloader.js"
+import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { bytesOf, sha256Hex } from "../domain/fixtures.js"
+import { expectFailure, loadConfig } from "../layers/harness.js"
+
+const MODEL = bytesOf(200_000, 7)
+const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
+const HALF = 100_000
+
+let pki: TestPki
+let origin: Origin
+let silent: Server
+let silentPort: number
+const silentSockets = new Set<Socket>()
+let resetServed = 0
+
+const redirect = (location: () => string, status = 302) => (_req: unknown, res: import("node:http").ServerResponse) => {
+  res.writeHead(status, { location: location() }).end()
+}
+
+beforeAll(async () => {
+  pki = makeTestPki()
+  const corrupt = Uint8Array.from(MODEL)
+  corrupt[123_456] = corrupt[123_456]! ^ 0x10
+  origin = await startOrigin(pki, {
+    "/m/model": serveBytes(MODEL),
+    "/m/long": serveBytes(Uint8Array.from([...MODEL, 0])),
+    "/m/corrupt": serveBytes(corrupt),
+    "/m/no-range": serveBytes(MODEL, { honourRange: false }),
+    "/m/endless": (_req, res) => {
+      res.writeHead(200)
+      const chunk = Buffer.alloc(16_384, 1)
+      const pump = () => {
+        while (res.write(chunk)) { /* until the socket pushes back */ }
+      }
+      res.on("drain", pump)
+      pump()
+    },
+    "/m/hop": redirect(() => "/m/model", 301),
+    "/m/to-unlisted": redirect(() => `https://localhost:${origin.port}/m/model`),
+    "/m/to-http": redirect(() => `http://127.0.0.1:${origin.port}/m/model`),
+    "/m/loop": redirect(() => "/m/loop", 307),
+    "/m/gzip": (_req, res) => {
+      const body = gzipSync(MODEL)
+      res.writeHead(200, { "content-encoding": "gzip", "content-length": body.length }).end(body)
+    },
+    "/m/stall": (_req, res) => {
+      res.writeHead(200, { "content-length": MODEL.length })
+      res.write(Buffer.from(MODEL.subarray(0, 1000)))
+    },
+    "/m/stall-headers": () => {},
+    "/m/bad-range": (req, res) => {
+      if (req.headers.range === undefined) return serveBytes(MODEL)(req, res)
+      res.writeHead(206, { "content-range": `bytes 0-${MODEL.length - 1}/${MODEL.length}` }).end(Buffer.from(MODEL))
+    },
+    "/m/reset": (req, res) => {
+      // The first answer dies mid-stream; later ones serve ranges properly.
+      if (resetServed++ > 0) return serveBytes(MODEL)(req, res)
+      res.writeHead(200, { "content-length": MODEL.length })
+      res.write(Buffer.from(MODEL.subarray(0, HALF)), () => setTimeout(() => res.socket?.destroy(), 50))
+    },
+    "/m/429": (_req, res) => res.writeHead(429, { "retry-after": "3" }).end(),
+    "/m/503": (_req, res) => res.writeHead(503).end(),
+    "/m/408": (_req, res) => res.writeHead(408).end(),
+    "/m/404": (_req, res) => res.writeHead(404).end()
+  })
+  // Accepts TCP and then says nothing, so the TLS handshake never completes.
+  silent = createServer((socket) => {
+    silentSockets.add(socket)
+    socket.on("close", () => silentSockets.delete(socket))
+  })
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve))
+  silentPort = (silent.address() as import("node:net").AddressInfo).port
+})
+
+afterAll(async () => {
+  await origin?.close()
+  for (const socket of silentSockets) socket.destroy()
+  await new Promise<void>((resolve) => silent ? silent.close(() => resolve()) : resolve())
+})
+
+const options = (patch: Partial<DownloaderLive.DownloaderOptions> = {}): DownloaderLive.DownloaderOptions => ({
+  allowedSources: [`${origin.baseUrl}/m`, `https://127.0.0.1:${silentPort}/m`],
+  extraCaCertificates: [pki.caPem],
+  connectTimeout: "300 millis",
+  stallTimeout: "300 millis",
+  ...patch
+})
+
+const url = (path: string) => new URL(`${origin.baseUrl}${path}`)
+
+/** Open `path` with the live downloader and collect the body. */
+const fetchAll = (path: string, offset = 0, target = url(path), patch: Partial<DownloaderLive.DownloaderOptions> = {}) =>
+  Effect.scoped(
+    Effect.gen(function*() {
+      const downloader = yield* Downloader
+      const body = yield* downloader.open({ url: target, offset })
+      const chunks = yield* Stream.runCollect(body.bytes)
+      return { startsAt: body.startsAt, bytes: Buffer.concat(Chunk.toArray(chunks)) }
+    })
+  ).pipe(Effect.provide(DownloaderLive.layer(options(patch))))
+
+const expectDownloadError = (path: string, reason: string) =>
+  expectFailure(fetchAll(path), "DownloadError", reason)
+
+describe("DownloaderLive", () => {
+  it.live("downloads over TLS with the extra CA, asking for identity encoding", () =>
+    Effect.gen(function*() {
+      const { bytes, startsAt } = yield* fetchAll("/m/model")
+      assert.strictEqual(startsAt, 0)
+      assert.strictEqual(sha256Hex(bytes), SPEC.sha256)
+      assert.strictEqual(origin.lastHeaders.get("/m/model")?.["accept-encoding"], "identity")
+    }))
+
+  it.live("without the extra CA, the test origin is not trusted", () =>
+    expectFailure(
+      Effect.scoped(Effect.flatMap(Downloader, (d) => d.open({ url: url("/m/model"), offset: 0 }))).pipe(
+        Effect.provide(DownloaderLive.layer({ allowedSources: [`${origin.baseUrl}/m`] }))
+      ),
+      "DownloadError",
+      "connection_failed"
+    ))
+
+  it.live("resumes with Range and accepts a 206 whose Content-Range starts at the offset", () =>
+    Effect.gen(function*() {
+      const { bytes, startsAt } = yield* fetchAll("/m/model", HALF)
+      assert.strictEqual(startsAt, HALF)
+      assert.strictEqual(origin.lastHeaders.get("/m/model")?.range, `bytes=${HALF}-`)
+      assert.deepStrictEqual(new Uint8Array(bytes), MODEL.subarray(HALF))
+    }))
+
+  it.live("a 200 answer to a ranged request is reported as starting at 0", () =>
+    Effect.gen(function*() {
+      const { bytes, startsAt } = yield* fetchAll("/m/no-range", HALF)
+      assert.strictEqual(startsAt, 0)
+      assert.strictEqual(bytes.length, MODEL.length)
+    }))
+
+  it.live("a 206 with a Content-Range that does not start at the offset is range_mismatch", () =>
+    expectFailure(fetchAll("/m/bad-range", HALF), "DownloadError", "range_mismatch"))
+
+  it.live("follows an allowed redirect hop", () =>
+    Effect.gen(function*() {
+      const { bytes } = yield* fetchAll("/m/hop")
+      assert.strictEqual(sha256Hex(bytes), SPEC.sha256)
+    }))
+
+  it.live("a redirect to an unlisted host is refused before connecting to it", () =>
+    Effect.gen(function*() {
+      const before = origin.hits.get("/m/model") ?? 0
+      yield* expectDownloadError("/m/to-unlisted", "redirect_not_allowed")
+      // localhost is this very server: it was never asked for the model.
+      assert.strictEqual(origin.hits.get("/m/model") ?? 0, before)
+    }))
+
+  it.live("a redirect to http: is refused", () => expectDownloadError("/m/to-http", "redirect_not_allowed"))
+
+  it.live("a redirect loop ends after 5 hops", () =>
+    Effect.gen(function*() {
+      const before = origin.hits.get("/m/loop") ?? 0
+      yield* expectDownloadError("/m/loop", "too_many_redirects")
+      assert.strictEqual((origin.hits.get("/m/loop") ?? 0) - before, 6)
+    }))
+
+  it.live("a gzip content-encoding is refused", () => expectDownloadError("/m/gzip", "content_encoding_not_allowed"))
+
+  it.live("no bytes for the stall timeout mid-body is stall_timeout", () => expectDownloadError("/m/stall", "stall_timeout"))
+
+  it.live("no headers for the stall timeout is stall_timeout", () => expectDownloadError("/m/stall-headers", "stall_timeout"))
+
+  it.live("a TLS handshake that never completes is connect_timeout", () =>
+    expectFailure(fetchAll("/m/model", 0, new URL(`https://127.0.0.1:${silentPort}/m/model`), { connectTimeout: "200 millis", stallTimeout: "5 seconds" }),
+      "DownloadError",
+      "connect_timeout"
+    ))
+
+  it.live("status codes map to reasons; 429 carries Retry-After", () =>
+    Effect.gen(function*() {
+      const limited = yield* expectFailure(fetchAll("/m/429"), "DownloadError", "rate_limited")
+      assert.strictEqual((limited as unknown as { retryAfterMillis: number }).retryAfterMillis, 3000)
+      yield* expectDownloadError("/m/503", "server_error")
+      yield* expectDownloadError("/m/408", "request_timeout")
+      const notFound = yield* expectDownloadError("/m/404", "client_error")
+      assert.isFalse((notFound as unknown as { transient: boolean }).transient)
+    }))
+
+  it("parses Retry-After and Content-Range strictly", () => {
+    assert.strictEqual(DownloaderLive.parseRetryAfter("7", 0), 7000)
+    assert.strictEqual(DownloaderLive.parseRetryAfter("Thu, 01 Jan 1970 00:00:10 GMT", 4000), 6000)
+    assert.strictEqual(DownloaderLive.parseRetryAfter("soon", 0), undefined)
+    assert.strictEqual(DownloaderLive.parseRetryAfter(undefined, 0), undefined)
+    assert.strictEqual(DownloaderLive.parseContentRangeStart("bytes 10-19/20"), 10)
+    assert.strictEqual(DownloaderLive.parseContentRangeStart("bytes 10-19/*"), 10)
+    assert.strictEqual(DownloaderLive.parseContentRangeStart("bytes 10-20/20"), undefined)
+    assert.strictEqual(DownloaderLive.parseContentRangeStart("bytes 19-10/20"), undefined)
+    assert.strictEqual(DownloaderLive.parseContentRangeStart("items 10-19/20"), undefined)
+    assert.strictEqual(DownloaderLive.parseContentRangeStart(undefined), undefined)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Through RuntimeManager.ensureModel, onto a real directory
+// ---------------------------------------------------------------------------------------------
+
+const withStore = <A, E>(path: string, body: (store: string) => Effect.Effect<A, E, RuntimeManager>) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => mkdtempSync(join(tmpdir(), "companion-store-"))),
+    (store) =>
+      Effect.gen(function*() {
+        const config = yield* loadConfig({
+          storeDir: store,
+          model: { ...SPEC, source: `${origin.baseUrl}${path}` },
+          allowedSources: [`${origin.baseUrl}/m`],
+          download: { retries: 2, retryBase: "10 millis", retryMax: "1 second" }
+        })
+        return yield* body(store).pipe(
+          Effect.provide(
+            RuntimeManagerLive.layer(config).pipe(
+              Layer.provide(
+                Layer.mergeAll(
+                  NodeFileSystem.layer,
+                  NodePath.layer,
+                  DownloaderLive.layer(options()),
+                  SpawnerTest.layer,
+                  HealthProbeTest.layer,
+                  ResourceStatTest.layer
+                )
+              )
+            )
+          )
+        )
+      }),
+    (store) => Effect.sync(() => rmSync(store, { recursive: true, force: true }))
+  )
+
+const finalPath = (store: string) => join(store, SPEC.sha256)
+const partialPath = (store: string) => join(store, "partial", `${SPEC.sha256}.partial`)
+
+const ensure = (path: string) =>
+  Effect.flatMap(RuntimeManager, (m) => m.ensureModel(SPEC, `${origin.baseUrl}${path}`))
+
+/** Nothing is left at the final path and no partial file remains. */
+const assertNothingStored = (store: string) => {
+  assert.isFalse(existsSync(finalPath(store)))
+  assert.deepStrictEqual(readdirSync(join(store, "partial")), [])
+}
+
+describe("ensureModel over the live downloader", () => {
+  it.live("stores the verified model at its digest, mode 0600", () =>
+    withStore("/m/hop", (store) =>
+      Effect.gen(function*() {
+        const model = yield* ensure("/m/hop")
+        assert.strictEqual(model.path, finalPath(store))
+        assert.strictEqual(sha256Hex(readFileSync(model.path)), SPEC.sha256)
+        assert.strictEqual(statSync(model.path).mode & 0o777, 0o600)
+        assert.deepStrictEqual(readdirSync(join(store, "partial")), [])
+      })))
+
+  it.live("a body one byte too long is cut at expected+1; nothing stored", () =>
+    withStore("/m/long", (store) =>
+      Effect.gen(function*() {
+        yield* expectFailure(ensure("/m/long"), "IntegrityError", "size_mismatch")
+        assertNothingStored(store)
+      })))
+
+  it.live("an endless body is cut at expected+1; nothing stored", () =>
+    withStore("/m/endless", (store) =>
+      Effect.gen(function*() {
+        yield* expectFailure(ensure("/m/endless"), "IntegrityError", "size_mismatch")
+        assertNothingStored(store)
+      })))
+
+  it.live("a 1-bit corruption is a digest mismatch; the partial file is deleted", () =>
+    withStore("/m/corrupt", (store) =>
+      Effect.gen(function*() {
+        yield* expectFailure(ensure("/m/corrupt"), "IntegrityError", "digest_mismatch")
+        assertNothingStored(store)
+      })))
+
+  it.live("a 200 answer to a resume restarts from byte zero instead of appending", () =>
+    withStore("/m/no-range", (store) =>
+      Effect.gen(function*() {
+        mkdirSync(join(store, "partial"), { recursive: true })
+        writeFileSync(partialPath(store), MODEL.subarray(0, HALF))
+        const model = yield* ensure("/m/no-range")
+        assert.strictEqual(sha256Hex(readFileSync(model.path)), SPEC.sha256)
+        assert.strictEqual(origin.lastHeaders.get("/m/no-range")?.range, `bytes=${HALF}-`)
+      })))
+
+  it.live("a reset mid-stream is retried with a resume that ends verified", () =>
+    withStore("/m/reset", (store) =>
+      Effect.gen(function*() {
+        resetServed = 0
+        const model = yield* ensure("/m/reset")
+        assert.strictEqual(sha256Hex(readFileSync(model.path)), SPEC.sha256)
+        assert.strictEqual(resetServed, 2)
+        const range = origin.lastHeaders.get("/m/reset")?.range
+        assert.match(range ?? "", /^bytes=\d+-$/)
+        assert.isAbove(Number(/\d+/.exec(range ?? "")?.[0]), 0)
+        assert.isFalse(existsSync(partialPath(store)))
+      })))
+
+  it.live("a redirect to an unlisted host stores nothing", () =>
+    withStore("/m/to-unlisted", (store) =>
+      Effect.gen(function*() {
+        yield* expectFailure(ensure("/m/to-unlisted"), "DownloadError", "redirect_not_allowed")
+        assertNothingStored(store)
+      })))
+})
