@@ -78,6 +78,7 @@ const make = () => {
       }
       if (!dirs.has(posix.dirname(path))) return yield* error("NotFound", "open", path)
       let node = files.get(path)
+      if (node !== undefined && flag === "wx") return yield* error("AlreadyExists", "open", path)
       if (node === undefined) {
         if (flag === "r") return yield* error("NotFound", "open", path)
         node = { data: new Uint8Array(0), length: 0, mode }
@@ -85,7 +86,7 @@ const make = () => {
       } else if (flag === "w") {
         node.length = 0
       }
-      return fileHandle(path, node, flag, false)
+      return fileHandle(path, node, flag === "wx" ? "w" : flag, false)
     })
 
   const fileHandle = (path: string, node: Node, flag: string, directory: boolean): FileSystem.File => {
@@ -206,7 +207,14 @@ const make = () => {
     copy: unsupported("copy"),
     copyFile: unsupported("copyFile"),
     chown: unsupported("chown"),
-    link: unsupported("link"),
+    link: (from, to) =>
+      Effect.gen(function*() {
+        const node = files.get(abs(from))
+        if (node === undefined) return yield* error("NotFound", "link", from)
+        if (files.has(abs(to)) || dirs.has(abs(to))) return yield* error("AlreadyExists", "link", to)
+        if (!dirs.has(posix.dirname(abs(to)))) return yield* error("NotFound", "link", to)
+        files.set(abs(to), node)
+      }),
     makeTempDirectory: unsupported("makeTempDirectory"),
     makeTempDirectoryScoped: unsupported("makeTempDirectoryScoped"),
     makeTempFile: unsupported("makeTempFile"),

@@ -31,6 +31,7 @@ import * as Integrity from "../domain/Integrity.js"
 import * as Lifecycle from "../domain/Lifecycle.js"
 import * as ResourcePolicy from "../domain/ResourcePolicy.js"
 import { Downloader } from "../services/Downloader.js"
+import * as StoreLock from "./StoreLock.js"
 import {
   CircuitOpenError,
   DownloadError,
@@ -316,6 +317,12 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
           const partial = path.join(partialDir, `${spec.sha256}.partial`)
           const model = VerifiedModel({ path: finalPath, sha256: spec.sha256, sizeBytes: spec.sizeBytes })
           yield* io(fs.makeDirectory(partialDir, { recursive: true }))
+          // Another manager on this store may be writing the same model: wait for it.
+          yield* StoreLock.hold(fs, path.join(partialDir, `${spec.sha256}.lock`), {
+            ...StoreLock.thisProcess(),
+            poll: Duration.millis(250),
+            wait: config.download.lockWait
+          })
 
           if (yield* io(fs.exists(finalPath))) {
             const verifier = Integrity.makeVerifier(spec)
@@ -337,7 +344,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
           yield* io(fs.rename(partial, finalPath))
           yield* syncDirectory(config.storeDir)
           return model
-        })
+        }).pipe(Effect.scoped)
       )
     }
   )

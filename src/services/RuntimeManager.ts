@@ -96,6 +96,8 @@ export interface RuntimeManagerConfig {
     readonly retries: number
     readonly retryBase: Duration.Duration
     readonly retryMax: Duration.Duration
+    /** How long to wait for another manager writing the same model before `store_locked`. */
+    readonly lockWait: Duration.Duration
   }
   readonly restart: {
     readonly enabled: boolean
@@ -192,7 +194,8 @@ export const RuntimeManagerConfig: Config.Config<RuntimeManagerConfig> = Config.
         Config.mapOrFail((n) => (n >= 0 ? Either.right(n) : invalid(["retries"], "a non-negative integer")))
       ),
       retryBase: positiveDuration("retryBase", "500 millis"),
-      retryMax: positiveDuration("retryMax", "30 seconds")
+      retryMax: positiveDuration("retryMax", "30 seconds"),
+      lockWait: positiveDuration("lockWait", "15 minutes")
     }),
     "download"
   ),

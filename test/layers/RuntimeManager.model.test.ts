@@ -1,5 +1,6 @@
 /** ensureModel: download, verification, content-addressed storage, retry and resume. */
 import { assert, describe, it } from "@effect/vitest"
+import { FileSystem } from "@effect/platform"
 import { Effect, Fiber, Option, Stream, TestClock } from "effect"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
 import { MemoryFileSystem } from "../../src/layers/MemoryFileSystem.js"
@@ -7,7 +8,7 @@ import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { DownloadError } from "../../src/services/Errors.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { bytesOf, sha256Hex } from "../domain/fixtures.js"
-import { expectFailure, FINAL_PATH, managerLayer, MODEL, PARTIAL_PATH, SOURCE, SPEC } from "./harness.js"
+import { expectFailure, FINAL_PATH, managerLayer, MODEL, PARTIAL_PATH, SOURCE, SPEC, STORE } from "./harness.js"
 
 const sameBytes = (a: Uint8Array | undefined, b: Uint8Array) => a !== undefined && Buffer.compare(a, b) === 0
 
@@ -243,4 +244,82 @@ describe("RuntimeManager.ensureModel", () => {
       assert.strictEqual((yield* spawner.spawned).length, 0)
       assert.strictEqual((yield* manager.status).state, "stopped")
     }).pipe(Effect.provide(managerLayer())))
+
+  describe("store lock", () => {
+    const LOCK = `${STORE}/partial/${SPEC.sha256}.lock`
+    const DEAD_PID = 2_147_483_646 // above any Linux pid_max: kill(pid, 0) answers ESRCH
+    const writeLock = (content: string) =>
+      Effect.flatMap(FileSystem.FileSystem, (fs) =>
+        Effect.zipRight(
+          fs.makeDirectory(`${STORE}/partial`, { recursive: true }),
+          fs.writeFileString(LOCK, content)
+        ))
+    const lockFiles = Effect.map(MemoryFileSystem, (m) => m.files).pipe(
+      Effect.flatten,
+      Effect.map((files) => [...files.keys()].filter((p) => p.includes(".lock")))
+    )
+
+    it.effect("waits for a live holder, then fails store_locked without downloading", () =>
+      Effect.gen(function*() {
+        const downloader = yield* DownloaderControl
+        const manager = yield* RuntimeManager
+        yield* downloader.serve(SOURCE, MODEL)
+        yield* writeLock(`${process.pid} 0a1b-2c\n`)
+        const fiber = yield* Effect.fork(Effect.either(manager.ensureModel(SPEC, SOURCE)))
+        yield* TestClock.adjust("59 seconds")
+        assert.isNull(fiber.unsafePoll())
+        yield* TestClock.adjust("2 seconds")
+        yield* expectFailure(Fiber.join(fiber).pipe(Effect.flatten), "ModelStoreError", "store_locked")
+        assert.deepStrictEqual(yield* downloader.requests, [])
+        assert.deepStrictEqual(yield* lockFiles, [LOCK]) // the holder's lock is untouched
+      }).pipe(Effect.provide(managerLayer({ download: { lockWait: "1 minute" } }))))
+
+    it.effect("proceeds once a live holder releases, and finds its model stored", () =>
+      Effect.gen(function*() {
+        const downloader = yield* DownloaderControl
+        const manager = yield* RuntimeManager
+        const fs = yield* FileSystem.FileSystem
+        yield* downloader.serve(SOURCE, MODEL)
+        yield* writeLock(`${process.pid} 0a1b-2c\n`)
+        const fiber = yield* Effect.fork(manager.ensureModel(SPEC, SOURCE))
+        yield* TestClock.adjust("1 second")
+        // The other manager finishes: the model is in place and the lock is gone.
+        yield* fs.writeFile(FINAL_PATH, MODEL)
+        yield* fs.remove(LOCK)
+        yield* TestClock.adjust("1 second")
+        const model = yield* Fiber.join(fiber)
+        assert.strictEqual(model.path, FINAL_PATH)
+        assert.deepStrictEqual(yield* downloader.requests, [])
+        assert.deepStrictEqual(yield* lockFiles, [])
+      }).pipe(Effect.provide(managerLayer())))
+
+    it.effect("takes over a lock left by a dead process, or one that is unreadable, and removes it after", () =>
+      Effect.gen(function*() {
+        const downloader = yield* DownloaderControl
+        const manager = yield* RuntimeManager
+        const fs = yield* FileSystem.FileSystem
+        yield* downloader.serve(SOURCE, MODEL)
+        for (const stale of [`${DEAD_PID} 0a1b-2c\n`, "", "garbage"]) {
+          yield* Effect.ignore(fs.remove(FINAL_PATH))
+          yield* writeLock(stale)
+          const fiber = yield* Effect.fork(manager.ensureModel(SPEC, SOURCE))
+          yield* TestClock.adjust("1 second")
+          const model = yield* Fiber.join(fiber)
+          assert.strictEqual(model.path, FINAL_PATH)
+          assert.deepStrictEqual(yield* lockFiles, [])
+        }
+        assert.strictEqual((yield* downloader.requests).length, 3)
+      }).pipe(Effect.provide(managerLayer())))
+
+    it.effect("releases its lock when the download fails", () =>
+      Effect.gen(function*() {
+        const downloader = yield* DownloaderControl
+        const manager = yield* RuntimeManager
+        const flipped = Uint8Array.from(MODEL)
+        flipped[9] = (flipped[9] ?? 0) ^ 1
+        yield* downloader.serve(SOURCE, flipped)
+        yield* expectFailure(manager.ensureModel(SPEC, SOURCE), "IntegrityError", "digest_mismatch")
+        assert.deepStrictEqual(yield* lockFiles, [])
+      }).pipe(Effect.provide(managerLayer())))
+  })
 })

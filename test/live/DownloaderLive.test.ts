@@ -221,34 +221,36 @@ describe("DownloaderLive", () => {
 // Through RuntimeManager.ensureModel, onto a real directory
 // ---------------------------------------------------------------------------------------------
 
-const withStore = <A, E>(path: string, body: (store: string) => Effect.Effect<A, E, RuntimeManager>) =>
-  Effect.acquireUseRelease(
-    Effect.sync(() => mkdtempSync(join(tmpdir(), "companion-store-"))),
-    (store) =>
-      Effect.gen(function*() {
-        const config = yield* loadConfig({
-          storeDir: store,
-          model: { ...SPEC, source: `${origin.baseUrl}${path}` },
-          allowedSources: [`${origin.baseUrl}/m`],
-          download: { retries: 2, retryBase: "10 millis", retryMax: "1 second" }
-        })
-        return yield* body(store).pipe(
-          Effect.provide(
-            RuntimeManagerLive.layer(config).pipe(
-              Layer.provide(
-                Layer.mergeAll(
-                  NodeFileSystem.layer,
-                  NodePath.layer,
-                  DownloaderLive.layer(options()),
-                  SpawnerTest.layer,
-                  HealthProbeTest.layer,
-                  ResourceStatTest.layer
-                )
-              )
+/** A manager on `store` with the live downloader and a real file system (in-memory spawner etc.). */
+const managerOn = (store: string, path: string) =>
+  Layer.unwrapEffect(
+    Effect.map(
+      loadConfig({
+        storeDir: store,
+        model: { ...SPEC, source: `${origin.baseUrl}${path}` },
+        allowedSources: [`${origin.baseUrl}/m`],
+        download: { retries: 2, retryBase: "10 millis", retryMax: "1 second" }
+      }),
+      (config) =>
+        RuntimeManagerLive.layer(config).pipe(
+          Layer.provide(
+            Layer.mergeAll(
+              NodeFileSystem.layer,
+              NodePath.layer,
+              DownloaderLive.layer(options()),
+              SpawnerTest.layer,
+              HealthProbeTest.layer,
+              ResourceStatTest.layer
             )
           )
         )
-      }),
+    )
+  )
+
+const withStore = <A, E>(path: string, body: (store: string) => Effect.Effect<A, E, RuntimeManager>) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => mkdtempSync(join(tmpdir(), "companion-store-"))),
+    (store) => body(store).pipe(Effect.provide(managerOn(store, path))),
     (store) => Effect.sync(() => rmSync(store, { recursive: true, force: true }))
   )
 
@@ -324,5 +326,17 @@ describe("ensureModel over the live downloader", () => {
       Effect.gen(function*() {
         yield* expectFailure(ensure("/m/to-unlisted"), "DownloadError", "redirect_not_allowed")
         assertNothingStored(store)
+      })))
+
+  it.live("two managers on one store: one downloads, the other waits for its lock and verifies the result", () =>
+    withStore("/m/model", (store) =>
+      Effect.gen(function*() {
+        const before = origin.hits.get("/m/model") ?? 0
+        const other = Effect.provide(ensure("/m/model"), managerOn(store, "/m/model"))
+        const [a, b] = yield* Effect.all([ensure("/m/model"), other], { concurrency: 2 })
+        assert.strictEqual(a.path, b.path)
+        assert.strictEqual(sha256Hex(readFileSync(a.path)), SPEC.sha256)
+        assert.strictEqual((origin.hits.get("/m/model") ?? 0) - before, 1)
+        assert.deepStrictEqual(readdirSync(join(store, "partial")), [])
       })))
 })
