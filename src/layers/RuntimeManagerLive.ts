@@ -563,6 +563,10 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   const admit = (restore: Restore) =>
     Effect.flatMap(acquire(restore), ({ observation, runtime }) =>
       (observation !== undefined ? Effect.succeed(observation) : restore(observe(runtime))).pipe(
+        // The process vanished under the probe: to the caller that is the runtime having exited.
+        Effect.catchTag("ResourceStatError", (e) =>
+          Effect.fail(e.reason === "process_gone" ? runtime.gone ?? new RuntimeExitedError({ reason: "runtime_exited" }) : e)
+        ),
         Effect.flatMap((o) => ResourcePolicy.evaluateResources(o, config.resources)),
         Effect.onError(() => release),
         Effect.zipRight(Metric.increment(metrics.admissions)),

@@ -77,7 +77,8 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
           baseUrl: `http://127.0.0.1:${40_000 + pid}`,
           apiKey: Redacted.make(`test-key-${pid}`),
           exited: Deferred.await(exited),
-          stop
+          stop,
+          output: Effect.succeed([])
         }
         const fake: FakeRuntime = {
           pid,

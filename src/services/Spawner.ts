@@ -29,6 +29,8 @@ export interface RuntimeHandle {
    * to `grace` even when run uninterruptibly (as in a finalizer): its own wait is interruptible.
    */
   readonly stop: (grace: Duration.DurationInput) => Effect.Effect<ExitStatus>
+  /** The runtime's last lines of output, with the key scrubbed, for diagnostics. */
+  readonly output: Effect.Effect<ReadonlyArray<string>>
 }
 
 /**

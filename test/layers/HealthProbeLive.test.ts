@@ -32,7 +32,8 @@ const handleAt = (port: number): RuntimeHandle => ({
   baseUrl: `http://127.0.0.1:${port}`,
   apiKey: Redacted.make("never-sent"),
   exited: Effect.never,
-  stop: () => Effect.succeed({ code: 0, signal: null })
+  stop: () => Effect.succeed({ code: 0, signal: null }),
+  output: Effect.succeed([])
 })
 
 describe("HealthProbeLive", () => {

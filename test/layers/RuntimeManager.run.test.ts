@@ -89,8 +89,12 @@ describe("RuntimeManager.run", () => {
       yield* stat.observations({ ramBytes: 0, vramBytes: 0, cpuPercent: 95 })
       yield* expectFailure(manager.run(() => Effect.void), "ResourceError", "cpu_over_limit")
       yield* TestClock.adjust("1 second")
+      yield* stat.observations(new ResourceStatError({ reason: "stat_failed" }))
+      yield* expectFailure(manager.run(() => Effect.void), "ResourceStatError", "stat_failed")
+      yield* TestClock.adjust("1 second")
+      // A process that vanished under the probe is, to the caller, a runtime that exited.
       yield* stat.observations(new ResourceStatError({ reason: "process_gone" }))
-      yield* expectFailure(manager.run(() => Effect.void), "ResourceStatError", "process_gone")
+      yield* expectFailure(manager.run(() => Effect.void), "RuntimeExitedError", "runtime_exited")
       assert.strictEqual((yield* manager.status).inFlight, 0)
     }).pipe(Effect.provide(managerLayer())))
 

@@ -1,0 +1,311 @@
+/**
+ * The live layers together against real processes and sockets: a real llama-server (built or found
+ * by globalSetup) serving the tiny GGUF from a local HTTPS origin, stand-in processes where a real
+ * runtime cannot show a behaviour (never healthy, ignores SIGTERM, Ollama), and a manager process
+ * killed with SIGKILL.
+ */
+import { spawn } from "node:child_process"
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join, resolve } from "node:path"
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { NodeContext, NodeHttpClient } from "@effect/platform-node"
+import { afterAll, assert, beforeAll, describe, inject, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber, Layer, Redacted, Ref, Schedule, Stream } from "effect"
+import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
+import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
+import { tinyGguf } from "../../scripts/tiny-gguf.js"
+import * as DownloaderLive from "../../src/layers/DownloaderLive.js"
+import * as HealthProbeLive from "../../src/layers/HealthProbeLive.js"
+import * as ResourceStatLive from "../../src/layers/ResourceStatLive.js"
+import * as RuntimeManagerLive from "../../src/layers/RuntimeManagerLive.js"
+import * as SpawnerLive from "../../src/layers/SpawnerLive.js"
+import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { type RuntimeHandle, Spawner, VerifiedModel } from "../../src/services/Spawner.js"
+import type { Sha256Hex } from "../../src/domain/Integrity.js"
+import { sha256Hex } from "../domain/fixtures.js"
+import { expectFailure, loadConfig } from "../layers/harness.js"
+
+const MODEL = tinyGguf()
+const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
+const STANDIN = resolve("test/live/fixtures/standin-runtime.mjs")
+
+let llamaServer: string
+let pki: TestPki
+let origin: Origin
+let work: string
+let modelFile: string
+
+beforeAll(async () => {
+  llamaServer = inject("llamaServer")
+  pki = makeTestPki()
+  origin = await startOrigin(pki, { "/models/tiny.gguf": serveBytes(MODEL) })
+  work = mkdtempSync(join(tmpdir(), "companion-live-"))
+  modelFile = join(work, "tiny.gguf")
+  writeFileSync(modelFile, MODEL, { mode: 0o600 })
+})
+
+afterAll(async () => {
+  await origin?.close()
+  if (work !== undefined) rmSync(work, { recursive: true, force: true })
+})
+
+/** An executable that runs the stand-in in `mode` (the spawner's argv follows). */
+const standin = (mode: string) => {
+  const path = join(work, `standin-${mode}.sh`)
+  writeFileSync(path, `#!/bin/sh\nexec '${process.execPath}' '${STANDIN}' ${mode} "$@"\n`)
+  chmodSync(path, 0o755)
+  return path
+}
+
+/** A process is gone when /proc has no entry for it, or only a zombie awaiting its reaper. */
+const gone = (pid: number) => {
+  const stat = `/proc/${pid}/stat`
+  if (!existsSync(stat)) return true
+  try {
+    return readFileSync(stat, "utf8").replace(/^.*\) /s, "").startsWith("Z")
+  } catch {
+    return true
+  }
+}
+
+const waitGone = (pid: number, within: Duration.DurationInput) =>
+  Effect.sync(() => gone(pid)).pipe(
+    Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (g) => g }),
+    Effect.timeoutFail({ duration: within, onTimeout: () => new Error(`pid ${pid} still alive`) })
+  )
+
+const verified = VerifiedModel({ path: "", sha256: SPEC.sha256 as Sha256Hex, sizeBytes: SPEC.sizeBytes })
+const model = () => VerifiedModel({ ...verified, path: modelFile })
+
+/** A Spawner that also records every handle it returns. */
+const recording = (options: SpawnerLive.SpawnerOptions, handles: Ref.Ref<ReadonlyArray<RuntimeHandle>>) =>
+  Layer.effect(
+    Spawner,
+    Effect.map(SpawnerLive.make(options), (live) =>
+      Spawner.of({ spawn: (m) => Effect.tap(live.spawn(m), (h) => Ref.update(handles, (all) => [...all, h])) }))
+  ).pipe(Layer.provide(NodeContext.layer))
+
+const liveManager = (
+  handles: Ref.Ref<ReadonlyArray<RuntimeHandle>>,
+  spawner: Partial<SpawnerLive.SpawnerOptions> = {},
+  patch: Record<string, unknown> = {}
+) =>
+  Layer.unwrapEffect(
+    Effect.map(
+      loadConfig({
+        storeDir: join(work, "store"),
+        model: { ...SPEC, source: `${origin.baseUrl}/models/tiny.gguf` },
+        allowedSources: [`${origin.baseUrl}/models/`],
+        admission: { maxInFlight: 2, queueBound: 4 },
+        resources: { maxRamBytes: 16 * 1024 ** 3, maxCpuPercent: 100 },
+        health: { firstProbeInterval: "20 millis", maxProbeInterval: "200 millis", probeTimeout: "2 seconds", loadDeadline: "60 seconds" },
+        restart: { backoffBase: "100 millis", backoffMax: "1 second" },
+        stopGrace: "3 seconds",
+        ...patch
+      }),
+      (config) =>
+        RuntimeManagerLive.layer(config).pipe(
+          Layer.provide(
+            Layer.mergeAll(
+              DownloaderLive.layer({ allowedSources: config.allowedSources, extraCaCertificates: [pki.caPem] }),
+              recording({ kind: "llama.cpp", binary: llamaServer, parallel: config.admission.maxInFlight, ...spawner }, handles),
+              HealthProbeLive.layer(spawner.kind ?? "llama.cpp"),
+              ResourceStatLive.layer
+            )
+          ),
+          Layer.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici))
+        )
+    )
+  )
+
+const completion = (endpoint: { baseUrl: string; apiKey: Redacted.Redacted<string> } | { baseUrl: string }) =>
+  Effect.flatMap(HttpClient.HttpClient, (client) =>
+    HttpClientRequest.post(`${endpoint.baseUrl}/v1/completions`).pipe(
+      HttpClientRequest.bodyUnsafeJson({ prompt: "hello", max_tokens: 4, temperature: 0 }),
+      "apiKey" in endpoint ? HttpClientRequest.bearerToken(Redacted.value(endpoint.apiKey)) : (r) => r,
+      client.execute,
+      Effect.flatMap((response) =>
+        Effect.map(Effect.orElseSucceed(response.json, () => null), (body) => ({ status: response.status, body }))
+      ),
+      Effect.scoped
+    ))
+
+const latest = (handles: Ref.Ref<ReadonlyArray<RuntimeHandle>>) =>
+  Effect.map(Ref.get(handles), (all) => {
+    const last = all.at(-1)
+    if (last === undefined) throw new Error("nothing spawned")
+    return last
+  })
+
+describe("live: a real llama-server", () => {
+  it.live("ensureModel over HTTPS → start → a completion with the per-spawn key → drain → process gone", () =>
+    Effect.gen(function*() {
+      const handles = yield* Ref.make<ReadonlyArray<RuntimeHandle>>([])
+      yield* Effect.gen(function*() {
+        const manager = yield* RuntimeManager
+        yield* manager.start
+        const handle = yield* latest(handles)
+        assert.match(handle.baseUrl, /^http:\/\/127\.0\.0\.1:\d+$/)
+        // The runtime refuses a request without the key…
+        const refused = yield* completion({ baseUrl: handle.baseUrl })
+        assert.strictEqual(refused.status, 401)
+        // …and answers one through the manager, which hands out the key.
+        const answer = yield* manager.run(completion)
+        assert.strictEqual(answer.status, 200)
+        const choices = (answer.body as { choices?: Array<{ text?: unknown }> }).choices
+        assert.isTrue(Array.isArray(choices) && typeof choices[0]?.text === "string")
+        yield* manager.drain("10 seconds")
+        assert.strictEqual((yield* manager.status).state, "stopped")
+        assert.isTrue(gone(handle.pid))
+      }).pipe(Effect.provide(Layer.merge(liveManager(handles), NodeHttpClient.layerUndici)))
+    }), 120_000)
+
+  it.live("SIGKILL of the runtime while ready: requests in flight fail typed, the supervisor restarts it", () =>
+    Effect.gen(function*() {
+      const handles = yield* Ref.make<ReadonlyArray<RuntimeHandle>>([])
+      yield* Effect.gen(function*() {
+        const manager = yield* RuntimeManager
+        yield* manager.start
+        const first = yield* latest(handles)
+        const inFlight = yield* Effect.forkAll(
+          [1, 2].map(() => Effect.exit(manager.run(() => Effect.sleep("1 minute"))))
+        )
+        yield* Effect.flatMap(manager.status, (s) => (s.inFlight === 2 ? Effect.void : Effect.fail("wait"))).pipe(
+          Effect.retry(Schedule.spaced("10 millis"))
+        )
+        process.kill(first.pid, "SIGKILL")
+        const exits = yield* Fiber.join(inFlight)
+        for (const exit of exits) {
+          assert.isTrue(Exit.isFailure(exit))
+          if (Exit.isFailure(exit)) {
+            const error = exit.cause._tag === "Fail" ? exit.cause.error : undefined
+            assert.strictEqual((error as { _tag?: string } | undefined)?._tag, "RuntimeExitedError")
+          }
+        }
+        // The supervisor brings a new process to ready.
+        yield* manager.changes.pipe(Stream.filter((c) => c.state === "ready"), Stream.take(1), Stream.runDrain)
+        const second = yield* latest(handles)
+        assert.notStrictEqual(second.pid, first.pid)
+        assert.strictEqual((yield* manager.status).restarts, 1)
+        const answer = yield* manager.run(completion)
+        assert.strictEqual(answer.status, 200)
+        yield* manager.drain("10 seconds")
+        assert.isTrue(gone(second.pid))
+      }).pipe(Effect.provide(Layer.merge(liveManager(handles), NodeHttpClient.layerUndici)))
+    }), 120_000)
+
+  it.live("the child sees only allowlisted variables; the key is in no argv, output line or error", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const spawner = yield* SpawnerLive.make({
+          kind: "llama.cpp",
+          binary: llamaServer,
+          parallel: 1,
+          environment: { PATH: "/usr/bin:/bin", HOME: "/nonexistent", GITHUB_TOKEN: "ghp_secret", AWS_SECRET_ACCESS_KEY: "aws" }
+        })
+        const handle = yield* spawner.spawn(model())
+        const key = Redacted.value(handle.apiKey)
+        assert.isAtLeast(key.length, 43)
+        const environ = readFileSync(`/proc/${handle.pid}/environ`, "utf8").split("\0").filter(Boolean)
+        assert.deepStrictEqual(environ.map((e) => e.split("=")[0]).sort(), ["HOME", "LLAMA_API_KEY", "PATH"])
+        const cmdline = readFileSync(`/proc/${handle.pid}/cmdline`, "utf8").split("\0")
+        assert.notInclude(cmdline.join(" "), key)
+        assert.includeMembers(cmdline, ["--host", "127.0.0.1", "--port", "0", "--parallel", "1", "-m", modelFile])
+        const output = yield* handle.output
+        assert.isTrue(output.some((line) => line.includes("listening on")))
+        assert.isFalse(output.some((line) => line.includes(key)))
+        const status = yield* handle.stop("5 seconds")
+        assert.isTrue(gone(handle.pid))
+        assert.notInclude(JSON.stringify(status), key)
+      }).pipe(Effect.provide(NodeContext.layer))
+    ), 60_000)
+
+  it.live("SIGKILL of a manager process: its runtime is gone within 5 s", () =>
+    Effect.gen(function*() {
+      const child = spawn(process.execPath, ["--import", "tsx", "test/live/fixtures/manager-child.ts", llamaServer, modelFile], {
+        stdio: ["ignore", "pipe", "inherit"]
+      })
+      const runtimePid = yield* Effect.async<number>((resume) => {
+        let out = ""
+        child.stdout.on("data", (d: Buffer) => {
+          out += d.toString()
+          const match = /runtime (\d+)/.exec(out)
+          if (match) resume(Effect.succeed(Number(match[1])))
+        })
+      }).pipe(Effect.timeout("60 seconds"), Effect.ensuring(Effect.void))
+      assert.isFalse(gone(runtimePid))
+      child.kill("SIGKILL")
+      yield* waitGone(runtimePid, "5 seconds")
+    }), 90_000)
+})
+
+describe("live: stand-in runtimes", () => {
+  it.live("a runtime that never becomes healthy: load deadline, and the process is killed", () =>
+    Effect.gen(function*() {
+      const handles = yield* Ref.make<ReadonlyArray<RuntimeHandle>>([])
+      yield* Effect.gen(function*() {
+        const manager = yield* RuntimeManager
+        yield* expectFailure(manager.start, "StartError", "load_deadline_exceeded")
+        const handle = yield* latest(handles)
+        assert.isTrue(gone(handle.pid))
+        assert.strictEqual((yield* manager.status).state, "stopped")
+      }).pipe(
+        Effect.provide(
+          liveManager(handles, { binary: standin("never-healthy") }, {
+            health: { firstProbeInterval: "20 millis", maxProbeInterval: "100 millis", probeTimeout: "1 second", loadDeadline: "1 second" }
+          })
+        )
+      )
+    }), 60_000)
+
+  it.live("stop: SIGTERM to the group, SIGKILL after the grace period; the key is scrubbed from output", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const spawner = yield* SpawnerLive.make({ kind: "llama.cpp", binary: standin("stubborn"), parallel: 1 })
+        const handle = yield* spawner.spawn(model())
+        const key = Redacted.value(handle.apiKey)
+        yield* Effect.flatMap(handle.output, (lines) =>
+          lines.some((l) => l.startsWith("api key is")) ? Effect.void : Effect.fail("wait")).pipe(
+            Effect.retry(Schedule.spaced("10 millis"))
+          )
+        const output = yield* handle.output
+        assert.include(output, "api key is [redacted]")
+        assert.isFalse(output.some((line) => line.includes(key)))
+        const started = Date.now()
+        const status = yield* handle.stop("300 millis")
+        assert.isAtLeast(Date.now() - started, 250)
+        assert.deepStrictEqual(status, { code: null, signal: "SIGKILL" })
+        assert.isTrue(gone(handle.pid))
+        assert.include(yield* handle.output, "ignoring SIGTERM")
+      }).pipe(Effect.provide(NodeContext.layer))
+    ), 30_000)
+
+  it.live("a runtime that exits before reporting its address is exited_early", () =>
+    expectFailure(
+      Effect.scoped(
+        Effect.flatMap(SpawnerLive.make({ kind: "llama.cpp", binary: standin("exit"), parallel: 1 }), (s) => s.spawn(model()))
+      ).pipe(Effect.provide(NodeContext.layer)),
+      "SpawnError",
+      "exited_early"
+    ), 30_000)
+
+  it.live("Ollama adapter (stand-in): OLLAMA_HOST on a free loopback port, ready on GET /api/tags", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const spawner = yield* SpawnerLive.make({ kind: "ollama", binary: standin("ollama"), parallel: 1 })
+        const probe = yield* HealthProbeLive.make("ollama")
+        const handle = yield* spawner.spawn(model())
+        const port = Number(/:(\d+)$/.exec(handle.baseUrl)?.[1])
+        const health = yield* probe.probe(handle).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
+        assert.strictEqual(health, "ok")
+        const environ = readFileSync(`/proc/${handle.pid}/environ`, "utf8").split("\0")
+        assert.include(environ, `OLLAMA_HOST=127.0.0.1:${port}`)
+        assert.isFalse(environ.some((e) => e.startsWith("LLAMA_API_KEY=")))
+        assert.deepStrictEqual(readFileSync(`/proc/${handle.pid}/cmdline`, "utf8").split("\0").slice(-2), ["serve", ""])
+        yield* handle.stop("2 seconds")
+        assert.isTrue(gone(handle.pid))
+      }).pipe(Effect.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layerUndici)))
+    ), 30_000)
+})
+
