@@ -27,11 +27,16 @@ export * from "./services/ResourceStat.js"
 export * from "./services/RuntimeManager.js"
 export * from "./services/Spawner.js"
 
-// Layers
+// Layers: live (the real world) and Test (in memory, each with a control service)
+export * as DownloaderLive from "./layers/DownloaderLive.js"
 export * as DownloaderTest from "./layers/DownloaderTest.js"
+export * as HealthProbeLive from "./layers/HealthProbeLive.js"
 export * as HealthProbeTest from "./layers/HealthProbeTest.js"
+export * as LiveLayers from "./layers/LiveLayers.js"
 export * as MemoryFileSystem from "./layers/MemoryFileSystem.js"
+export * as ResourceStatLive from "./layers/ResourceStatLive.js"
 export * as ResourceStatTest from "./layers/ResourceStatTest.js"
 export * as RuntimeManagerLive from "./layers/RuntimeManagerLive.js"
+export * as SpawnerLive from "./layers/SpawnerLive.js"
 export * as SpawnerTest from "./layers/SpawnerTest.js"
 export * as TestLayers from "./layers/TestLayers.js"

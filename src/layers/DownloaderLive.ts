@@ -171,15 +171,19 @@ export const DownloaderConfig = Config.all({
   caFiles: Config.array(Config.string(), "caFiles").pipe(Config.nested("download"), Config.withDefault([]))
 })
 
+/** Read PEM files named in config (`download.caFiles`); an unreadable one is a config error. */
+export const readCaFiles = (files: ReadonlyArray<string>) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    Effect.forEach(files, (file) =>
+      fs.readFileString(file).pipe(
+        Effect.mapError(() => ConfigError.InvalidData(["download", "caFiles"], "a readable PEM file"))
+      )))
+
 /** Reads `DownloaderConfig`; CA files are read once, when the layer is built. */
-export const layerConfig: Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> = Layer
-  .scoped(
-    Downloader,
-    Effect.gen(function*() {
-      const config = yield* DownloaderConfig
-      const fs = yield* FileSystem.FileSystem
-      const extraCaCertificates = yield* Effect.forEach(config.caFiles, (file) =>
-        fs.readFileString(file).pipe(Effect.mapError(() => ConfigError.InvalidData(["download", "caFiles"], "a readable PEM file"))))
-      return yield* make({ ...config, extraCaCertificates })
-    })
-  )
+export const layerConfig: Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> = Layer.scoped(
+  Downloader,
+  Effect.gen(function*() {
+    const config = yield* DownloaderConfig
+    return yield* make({ ...config, extraCaCertificates: yield* readCaFiles(config.caFiles) })
+  })
+)

@@ -118,12 +118,12 @@ describe("fail-closed posture", () => {
 describe("no ambient authority", () => {
   it("the public API is exactly this list: decisions, errors, service tags and layers", () => {
     assert.deepStrictEqual(Object.keys(Api).sort(), [
-      "Admission", "AdmissionError", "CircuitOpenError", "DownloadError", "Downloader", "DownloaderTest",
-      "HealthError", "HealthProbe", "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle",
-      "LifecycleError", "MemoryFileSystem", "ModelStoreError", "QueueTimeoutError", "RequestGate",
-      "RequestGateError", "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError",
+      "Admission", "AdmissionError", "CircuitOpenError", "DownloadError", "Downloader", "DownloaderLive", "DownloaderTest",
+      "HealthError", "HealthProbe", "HealthProbeLive", "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle",
+      "LifecycleError", "LiveLayers", "MemoryFileSystem", "ModelStoreError", "QueueTimeoutError", "RequestGate",
+      "RequestGateError", "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError", "ResourceStatLive",
       "ResourceStatTest", "RuntimeExitedError", "RuntimeManager", "RuntimeManagerConfig", "RuntimeManagerLive",
-      "SpawnError", "Spawner", "SpawnerTest", "StartError", "TestLayers", "VerifiedModel", "transientDownloadReasons"
+      "SpawnError", "Spawner", "SpawnerLive", "SpawnerTest", "StartError", "TestLayers", "VerifiedModel", "transientDownloadReasons"
     ])
   })
 

@@ -11,12 +11,13 @@ import { join, resolve } from "node:path"
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, inject, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Layer, Redacted, Ref, Schedule, Stream } from "effect"
+import { ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Redacted, Ref, Schedule, Stream } from "effect"
 import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
 import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
 import { tinyGguf } from "../../scripts/tiny-gguf.js"
 import * as DownloaderLive from "../../src/layers/DownloaderLive.js"
 import * as HealthProbeLive from "../../src/layers/HealthProbeLive.js"
+import * as LiveLayers from "../../src/layers/LiveLayers.js"
 import * as ResourceStatLive from "../../src/layers/ResourceStatLive.js"
 import * as RuntimeManagerLive from "../../src/layers/RuntimeManagerLive.js"
 import * as SpawnerLive from "../../src/layers/SpawnerLive.js"
@@ -159,6 +160,30 @@ describe("live: a real llama-server", () => {
         assert.strictEqual((yield* manager.status).state, "stopped")
         assert.isTrue(gone(handle.pid))
       }).pipe(Effect.provide(Layer.merge(liveManager(handles), NodeHttpClient.layerUndici)))
+    }), 120_000)
+
+  it.live("LiveLayers.layer from Config alone (CA file, runtime binary): start, complete, drain", () =>
+    Effect.gen(function*() {
+      const caFile = join(work, "ca.pem")
+      writeFileSync(caFile, pki.caPem)
+      const config = ConfigProvider.fromJson({
+        storeDir: join(work, "store-config"),
+        model: { ...SPEC, source: `${origin.baseUrl}/models/tiny.gguf` },
+        allowedSources: [`${origin.baseUrl}/models/`],
+        download: { caFiles: [caFile] },
+        runtime: { binary: llamaServer, contextSize: 256, threads: 1 }
+      })
+      yield* Effect.gen(function*() {
+        const manager = yield* RuntimeManager
+        yield* manager.start
+        const answer = yield* manager.run(completion)
+        assert.strictEqual(answer.status, 200)
+        yield* manager.drain("10 seconds")
+        assert.strictEqual((yield* manager.status).state, "stopped")
+      }).pipe(
+        Effect.provide(Layer.merge(LiveLayers.layer, NodeHttpClient.layerUndici)),
+        Effect.withConfigProvider(config)
+      )
     }), 120_000)
 
   it.live("SIGKILL of the runtime while ready: requests in flight fail typed, the supervisor restarts it", () =>
