@@ -14,9 +14,10 @@
  * No URL, header or platform error text crosses into a `DownloadError`.
  */
 import { FileSystem, HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
+import { NodeHttpClient, NodeStream } from "@effect/platform-node"
 import * as Undici from "@effect/platform-node/Undici"
 import { Clock, Config, ConfigError, Duration, Effect, Either, Layer, Stream } from "effect"
+import { Readable } from "node:stream"
 import { rootCertificates } from "node:tls"
 import { checkSource } from "../domain/Integrity.js"
 import { Downloader, type DownloadRequest } from "../services/Downloader.js"
@@ -79,6 +80,52 @@ const statusError = (response: HttpClientResponse.HttpClientResponse, now: numbe
   return fail("client_error")
 }
 
+/** Bytes handed to the consumer at once: large enough that per-chunk costs vanish, small enough to stay bounded. */
+export const READ_CHUNK_BYTES = 1024 * 1024
+
+/**
+ * The body as a stream of chunks of up to `READ_CHUNK_BYTES`, failing with `stall_timeout` when no
+ * byte arrives for `stall`.
+ *
+ * On the undici client the response carries its Node readable (`source.body`): reading it 1 MiB
+ * at a time hands over a few large chunks instead of one per TLS record (16 KiB), which is where
+ * the stream's per-chunk cost went (docs/benchmarks.md). A chunk then takes a while to fill, so
+ * the stall is judged by bytes, not chunks: a watchdog looks at bytes consumed plus bytes
+ * buffered, and fails the stream when that count has not moved for `stall`. Any other client's
+ * stream is used as it is, with the stall judged per chunk.
+ */
+const bodyOf = (
+  response: HttpClientResponse.HttpClientResponse,
+  stall: Duration.Duration
+): Stream.Stream<Uint8Array, DownloadError> => {
+  const stalled = () => new DownloadError({ reason: "stall_timeout" })
+  const connectionFailed = () => new DownloadError({ reason: "connection_failed" })
+  const body = (response as { readonly source?: { readonly body?: unknown } }).source?.body
+  if (!(body instanceof Readable)) {
+    return response.stream.pipe(Stream.mapError(connectionFailed), Stream.timeoutFail(stalled, stall))
+  }
+  let consumed = 0
+  const watchdog = Effect.gen(function*() {
+    let seen = -1
+    let movedAt = yield* Clock.currentTimeMillis
+    for (;;) {
+      yield* Effect.sleep(Duration.millis(Math.max(1, Duration.toMillis(stall) / 4)))
+      const now = yield* Clock.currentTimeMillis
+      const total = consumed + body.readableLength
+      if (total !== seen) {
+        seen = total
+        movedAt = now
+      } else if (now - movedAt >= Duration.toMillis(stall)) {
+        return yield* stalled()
+      }
+    }
+  })
+  return NodeStream.fromReadable<DownloadError, Uint8Array>(() => body, connectionFailed, { chunkSize: READ_CHUNK_BYTES }).pipe(
+    Stream.tap((chunk) => Effect.sync(() => void (consumed += chunk.length))),
+    Stream.interruptWhen(watchdog)
+  )
+}
+
 /** Builds the Downloader from an HttpClient that does not follow redirects by itself. */
 export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptions) => {
   const stall = Duration.decode(options.stallTimeout ?? Duration.seconds(30))
@@ -128,10 +175,7 @@ export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptio
         } else {
           return yield* statusError(response, yield* Clock.currentTimeMillis)
         }
-        const bytes = response.stream.pipe(
-          Stream.mapError(() => new DownloadError({ reason: "connection_failed" })),
-          Stream.timeoutFail(() => new DownloadError({ reason: "stall_timeout" }), stall)
-        )
+        const bytes = bodyOf(response, stall)
         return { startsAt, bytes }
       }
     })

@@ -7,6 +7,7 @@
 import { FileSystem, Path } from "@effect/platform"
 import {
   Cause,
+  Chunk,
   Clock,
   Deferred,
   Fiber,
@@ -117,6 +118,7 @@ const must = <A, E>(result: Either.Either<A, E>): A =>
   })
 
 const ioFailed = () => new ModelStoreError({ reason: "io_failed" })
+
 
 // ---------------------------------------------------------------------------------------------
 // The manager
@@ -270,13 +272,14 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
           const file = yield* io(fs.open(partial, { flag: offset === 0 ? "w" : "a", mode: 0o600 }))
           let received = offset
           yield* body.bytes.pipe(
-            Stream.runForEach((chunk) =>
+            Stream.runForEachChunk((chunks) =>
               Effect.gen(function*() {
+                const batch = chunks.length === 1 ? Chunk.unsafeHead(chunks) : Buffer.concat(Chunk.toArray(chunks))
                 // Refused before it is written: the file never holds a byte past the expected size.
-                yield* verifier.update(chunk)
-                yield* io(file.writeAll(chunk))
-                received += chunk.length
-                yield* Metric.incrementBy(metrics.downloadedBytes, chunk.length)
+                yield* verifier.update(batch)
+                yield* io(file.writeAll(batch))
+                received += batch.length
+                yield* Metric.incrementBy(metrics.downloadedBytes, batch.length)
                 yield* SubscriptionRef.set(progress, { receivedBytes: received, expectedBytes: spec.sizeBytes })
               })
             )

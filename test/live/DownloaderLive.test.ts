@@ -22,9 +22,9 @@ import { RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { bytesOf, sha256Hex } from "../domain/fixtures.js"
 import { expectFailure, loadConfig } from "../layers/harness.js"
 
-const MODEL = bytesOf(200_000, 7)
+const MODEL = bytesOf(3 * 1024 * 1024, 7) // several read chunks (DownloaderLive.READ_CHUNK_BYTES)
 const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
-const HALF = 100_000
+const HALF = 1_500_000
 
 let pki: TestPki
 let origin: Origin
@@ -68,6 +68,20 @@ beforeAll(async () => {
       res.write(Buffer.from(MODEL.subarray(0, 1000)))
     },
     "/m/stall-headers": () => {},
+    "/m/trickle": (_req, res) => {
+      // Slow but steady for a second (longer than the stall timeout), then the rest at once.
+      res.writeHead(200, { "content-length": MODEL.length })
+      let sent = 0
+      const timer = setInterval(() => {
+        if (sent < 40_000) {
+          res.write(Buffer.from(MODEL.subarray(sent, sent + 2_000)))
+          sent += 2_000
+          return
+        }
+        clearInterval(timer)
+        res.end(Buffer.from(MODEL.subarray(sent)))
+      }, 50)
+    },
     "/m/bad-range": (req, res) => {
       if (req.headers.range === undefined) return serveBytes(MODEL)(req, res)
       res.writeHead(206, { "content-range": `bytes 0-${MODEL.length - 1}/${MODEL.length}` }).end(Buffer.from(MODEL))
@@ -184,6 +198,12 @@ describe("DownloaderLive", () => {
   it.live("a gzip content-encoding is refused", () => expectDownloadError("/m/gzip", "content_encoding_not_allowed"))
 
   it.live("no bytes for the stall timeout mid-body is stall_timeout", () => expectDownloadError("/m/stall", "stall_timeout"))
+
+  it.live("a slow but steady body is not a stall, though a read chunk takes longer than the timeout to fill", () =>
+    Effect.gen(function*() {
+      const { bytes } = yield* fetchAll("/m/trickle")
+      assert.strictEqual(sha256Hex(bytes), SPEC.sha256)
+    }))
 
   it.live("no headers for the stall timeout is stall_timeout", () => expectDownloadError("/m/stall-headers", "stall_timeout"))
 

@@ -1,0 +1,90 @@
+/**
+ * One measured download, in a fresh process so its peak RSS is its own. Prints one JSON line:
+ * { ms, cpuMs, maxRssMiB, baselineRssMiB } (cpuMs: this process's user + system time). Variants:
+ *   ensureModel  RuntimeManager.ensureModel over DownloaderLive onto disk (verify while streaming,
+ *                fsync, rename)
+ *   plain        undici body piped to a file: no verification at all
+ *   then-hash    plain, then a second pass reading the file through SHA-256 (what Ollama does)
+ */
+import { createHash } from "node:crypto"
+import { createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync } from "node:fs"
+import { rootCertificates } from "node:tls"
+import { pipeline } from "node:stream/promises"
+import { performance } from "node:perf_hooks"
+import { NodeContext } from "@effect/platform-node"
+import * as Undici from "@effect/platform-node/Undici"
+import { ConfigProvider, Effect, Layer, ManagedRuntime } from "effect"
+import * as DownloaderLive from "../src/layers/DownloaderLive.js"
+import * as HealthProbeTest from "../src/layers/HealthProbeTest.js"
+import * as ResourceStatTest from "../src/layers/ResourceStatTest.js"
+import * as RuntimeManagerLive from "../src/layers/RuntimeManagerLive.js"
+import * as SpawnerTest from "../src/layers/SpawnerTest.js"
+import { RuntimeManager, RuntimeManagerConfig } from "../src/services/RuntimeManager.js"
+
+const [variant = "", url = "", caFile = "", sha256 = "", size = "0", dir = ""] = process.argv.slice(2)
+const ca = readFileSync(caFile, "utf8")
+rmSync(dir, { recursive: true, force: true })
+mkdirSync(dir, { recursive: true })
+
+const plain = async (dest: string) => {
+  const agent = new Undici.Agent({ connect: { ca: [...rootCertificates, ca] } })
+  const response = await agent.request({ origin: new URL(url).origin, path: new URL(url).pathname, method: "GET" })
+  await pipeline(response.body, createWriteStream(dest, { mode: 0o600 }))
+  await agent.close()
+}
+
+const hashFile = (path: string) =>
+  pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), async function*(chunks) {
+    const hash = createHash("sha256")
+    for await (const chunk of chunks) hash.update(chunk as Buffer)
+    if (hash.digest("hex") !== sha256) throw new Error("digest mismatch")
+  })
+
+const ensureModel = async () => {
+  const config = await Effect.runPromise(
+    Effect.withConfigProvider(
+      RuntimeManagerConfig,
+      ConfigProvider.fromJson({
+        storeDir: dir,
+        model: { sha256, sizeBytes: Number(size), source: url },
+        allowedSources: [new URL("/bench/", url).href]
+      })
+    )
+  )
+  const layer = RuntimeManagerLive.layer(config).pipe(
+    Layer.provide(
+      Layer.mergeAll(
+        NodeContext.layer,
+        DownloaderLive.layer({ allowedSources: config.allowedSources, extraCaCertificates: [ca] }),
+        SpawnerTest.layer,
+        HealthProbeTest.layer,
+        ResourceStatTest.layer
+      )
+    )
+  )
+  // The layer is built once when a service starts; the download is what is measured.
+  const runtime = ManagedRuntime.make(layer)
+  const manager = await runtime.runPromise(RuntimeManager)
+  const started = performance.now()
+  await runtime.runPromise(manager.ensureModel(config.model.spec, url))
+  const ms = measured ?? performance.now() - started
+  await runtime.dispose()
+  return ms
+}
+
+// What the process holds before the download (Node, the loaded bundle), so growth can be told apart.
+const baselineRssMiB = process.memoryUsage().rss / 1024 / 1024
+const cpuBefore = process.cpuUsage()
+const started = performance.now()
+let measured: number | undefined
+if (variant === "ensureModel") measured = await ensureModel()
+else if (variant === "plain") await plain(`${dir}/model.bin`)
+else if (variant === "then-hash") {
+  await plain(`${dir}/model.bin`)
+  await hashFile(`${dir}/model.bin`)
+} else throw new Error(`unknown variant ${variant}`)
+const ms = measured ?? performance.now() - started
+rmSync(dir, { recursive: true, force: true })
+const cpu = process.cpuUsage(cpuBefore)
+const cpuMs = (cpu.user + cpu.system) / 1000
+process.stdout.write(`${JSON.stringify({ ms, cpuMs, maxRssMiB: process.resourceUsage().maxRSS / 1024, baselineRssMiB })}\n`)

@@ -1,0 +1,152 @@
+/**
+ * bench:download — ensureModel vs a plain unverified download to disk vs download-then-hash, from
+ * a local HTTPS origin in a separate process, each download in a fresh process (so its peak RSS is
+ * its own), alternated in one run, at 256 MiB and 1 GiB. Writes docs/benchmarks.md.
+ */
+import { execFileSync, spawn } from "node:child_process"
+import { createHash } from "node:crypto"
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { build } from "esbuild"
+import { machine, median, today, writeSection } from "./report.js"
+
+const MiB = 1024 * 1024
+const SIZES = [256 * MiB, 1024 * MiB]
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const VARIANTS = ["ensureModel", "plain", "then-hash"] as const
+type Variant = (typeof VARIANTS)[number]
+type Measured = { ms: number; cpuMs: number; maxRssMiB: number; baselineRssMiB: number }
+
+const work = mkdtempSync(join(tmpdir(), "companion-bench-"))
+const tsx = ["--import", "tsx"]
+
+// The measured worker runs as one bundled file on plain Node: a TypeScript loader in the process
+// would be most of its memory (about 270 MiB under tsx) and say nothing about the download.
+const worker = join(work, "download-worker.mjs")
+await build({
+  entryPoints: ["bench/download-worker.ts"],
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  outfile: worker,
+  logLevel: "warning",
+  banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" }
+})
+
+/** A file of pseudo-random bytes (a new block per MiB), and its digest. */
+const makeFile = (path: string, size: number): string => {
+  const fd = openSync(path, "w")
+  const hash = createHash("sha256")
+  const block = Buffer.alloc(MiB)
+  let x = 0x9e3779b9
+  for (let written = 0; written < size; written += MiB) {
+    for (let i = 0; i < MiB; i += 4) {
+      x ^= x << 13
+      x ^= x >>> 17
+      x ^= x << 5
+      block.writeUInt32LE(x >>> 0, i)
+    }
+    hash.update(block)
+    writeSync(fd, block)
+  }
+  closeSync(fd)
+  return hash.digest("hex")
+}
+
+const startOrigin = (file: string, caFile: string) =>
+  new Promise<{ port: number; stop: () => void }>((resolve, reject) => {
+    const child = spawn(process.execPath, [...tsx, "bench/download-origin.ts", file, caFile], { stdio: ["ignore", "pipe", "inherit"] })
+    child.stdout.once("data", (d: Buffer) => resolve({ port: Number(d.toString().trim()), stop: () => child.kill("SIGTERM") }))
+    child.once("exit", (code) => reject(new Error(`origin exited with ${code}`)))
+  })
+
+const measure = (variant: Variant, url: string, caFile: string, sha256: string, size: number) => {
+  const out = execFileSync(
+    process.execPath,
+    [worker, variant, url, caFile, sha256, String(size), join(work, `dest-${variant}`)],
+    { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }
+  )
+  return JSON.parse(out.trim().split("\n").at(-1) ?? "{}") as Measured
+}
+
+const rows: Array<string> = []
+
+const ANALYSIS = `Reading the figures:
+- **Memory does not grow with the file**: growth during the download is the same at 256 MiB and
+  1 GiB. "RSS before" is Node 20 plus the loaded bundle, measured before the download starts; plain
+  alone ends near 128 MiB, so the absolute 128 MiB target is not met by any variant on Node 20 here.
+  ensureModel grows more than plain: the body is read 1 MiB at a time (each 16 KiB TLS record is
+  copied into the larger chunk) and V8 frees those external buffers lazily; nothing is retained.
+- **This machine is CPU-bound, not network-bound.** Origin (file read, TLS encryption) and client
+  (TLS decryption, hashing, writing, fsync) share 2 cores, so client CPU time (last column) is
+  throughput lost: ensureModel spends more CPU than then-hash, for the copy above, the GC of those
+  copies and the fsync of the whole file (durability plain and then-hash do not pay). Even a free
+  single pass could beat then-hash only by (plain + hash) ÷ plain, about 1.3× on this machine, so
+  the 1.5× target cannot be met here; over a real network (tens of MB/s) the hash at ~850 MB/s
+  overlaps the transfer and the difference to plain vanishes.
+- **Measured and changed**: reading one TLS record per stream pull cost 16,384 pulls per 256 MiB and
+  held ensureModel near 0.5× plain; reading 1 MiB per pull (with the stall still judged by bytes,
+  by a watchdog) is what the table shows. A read-ahead queue and hashing concurrently with the
+  write measured no faster and are not used.
+- Runs on this shared machine vary by ±20 %; the ratios are from one run with the variants rotated.`
+try {
+  for (const size of SIZES) {
+    const file = join(work, "model.bin")
+    const caFile = join(work, "ca.pem")
+    const sha256 = makeFile(file, size)
+    const origin = await startOrigin(file, caFile)
+    const url = `https://127.0.0.1:${origin.port}/bench/model.bin`
+    const results = new Map<Variant, Array<Measured>>(VARIANTS.map((v) => [v, []]))
+    try {
+      measure("plain", url, caFile, sha256, size) // warm the page cache and the origin
+      for (let round = 0; round < ROUNDS; round++) {
+        // Rotate the order each round so no variant always runs first or last.
+        const order = VARIANTS.map((_, i) => VARIANTS[(i + round) % VARIANTS.length]!)
+        for (const variant of order) {
+          const r = measure(variant, url, caFile, sha256, size)
+          results.get(variant)!.push(r)
+          console.log(`${size / MiB} MiB ${variant}: ${(size / MiB / (r.ms / 1000)).toFixed(0)} MiB/s, peak RSS ${r.maxRssMiB.toFixed(0)} MiB`)
+        }
+      }
+    } finally {
+      origin.stop()
+      rmSync(file, { force: true })
+    }
+    const ms = (v: Variant) => median(results.get(v)!.map((r) => r.ms))
+    const cpu = (v: Variant) => median(results.get(v)!.map((r) => r.cpuMs)).toFixed(0)
+    const rss = (v: Variant) => Math.max(...results.get(v)!.map((r) => r.maxRssMiB))
+    const growth = (v: Variant) => Math.max(...results.get(v)!.map((r) => r.maxRssMiB - r.baselineRssMiB))
+    const baseline = median(VARIANTS.flatMap((v) => results.get(v)!.map((r) => r.baselineRssMiB)))
+    const rate = (v: Variant) => (size / 1e6 / (ms(v) / 1000)).toFixed(0)
+    rows.push(
+      `| ${size / MiB} MiB | ${rate("ensureModel")} | ${rate("plain")} | ${rate("then-hash")} | ` +
+        `${(ms("plain") / ms("ensureModel")).toFixed(2)}× | ${(ms("then-hash") / ms("ensureModel")).toFixed(2)}× | ` +
+        `${rss("ensureModel").toFixed(0)} / ${rss("plain").toFixed(0)} / ${rss("then-hash").toFixed(0)} | ` +
+        `${growth("ensureModel").toFixed(0)} / ${growth("plain").toFixed(0)} / ${growth("then-hash").toFixed(0)} | ${baseline.toFixed(0)} | ` +
+        `${cpu("ensureModel")} / ${cpu("plain")} / ${cpu("then-hash")} |`
+    )
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true })
+}
+
+writeSection(
+  "download",
+  `## bench:download — ${today()}
+
+${machine()}. HTTPS origin on 127.0.0.1 in its own process; each download in a fresh process;
+${ROUNDS} rounds per size, variants rotated; medians (MB/s = 10⁶ bytes/s) and the highest peak RSS.
+ensureModel verifies size and SHA-256 while streaming, writes mode 0600, fsyncs file and directories
+and renames; plain pipes the body to a file and nothing else; then-hash is plain plus a second
+SHA-256 pass over the file.
+
+| size | ensureModel MB/s | plain MB/s | then-hash MB/s | ensureModel ÷ plain (speed) | ensureModel ÷ then-hash (speed) | peak RSS MiB (ensure / plain / then-hash) | growth during the download, MiB | RSS before, MiB | client CPU ms |
+|---|---|---|---|---|---|---|---|---|---|
+${rows.join("\n")}
+
+Targets: ≥ 0.95× plain, ≥ 1.5× then-hash, peak RSS under 128 MiB at both sizes.
+
+${ANALYSIS}`
+)
