@@ -25,6 +25,8 @@ export interface SpawnerBehaviour {
   readonly ignoreSigterm: boolean
   /** How long the process takes to exit after SIGTERM (default: at once). */
   readonly exitAfterSigterm: Duration.DurationInput
+  /** Where the next runtimes claim to listen (default `http://127.0.0.1:<40000 + pid>`, nothing). */
+  readonly baseUrl: string | undefined
 }
 
 export interface SpawnerControlService {
@@ -43,10 +45,11 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
   Effect.gen(function*() {
     const spawned = yield* Ref.make<ReadonlyArray<FakeRuntime>>([])
     const nextFailure = yield* Ref.make<SpawnError | undefined>(undefined)
-    const behaviour = yield* Ref.make<SpawnerBehaviour>({ ignoreSigterm: false, exitAfterSigterm: Duration.zero })
+    const behaviour = yield* Ref.make<SpawnerBehaviour>({ ignoreSigterm: false, exitAfterSigterm: Duration.zero, baseUrl: undefined })
 
     const makeProcess = (model: VerifiedModel, pid: number) =>
       Effect.gen(function*() {
+        const baseUrl = (yield* Ref.get(behaviour)).baseUrl ?? `http://127.0.0.1:${40_000 + pid}`
         const exited = yield* Deferred.make<ExitStatus>()
         const signals = yield* Ref.make<ReadonlyArray<Signal>>([])
         const signal = (s: Signal) => Ref.update(signals, (all) => [...all, s])
@@ -74,7 +77,7 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
           })
         const handle: RuntimeHandle = {
           pid,
-          baseUrl: `http://127.0.0.1:${40_000 + pid}`,
+          baseUrl,
           apiKey: Redacted.make(`test-key-${pid}`),
           exited: Deferred.await(exited),
           stop,

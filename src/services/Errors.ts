@@ -101,3 +101,16 @@ export class QueueTimeoutError extends ReasonError("QueueTimeoutError", {
 export class CircuitOpenError extends ReasonError("CircuitOpenError", {
   circuit_open: "The runtime failed too often; starts are refused until the circuit cools down."
 }) {}
+
+const gatewayMessages = {
+  not_found: "There is no such route.",
+  misdirected_request: "The Host header does not name this gateway.",
+  origin_not_allowed: "Requests from this origin are not allowed.",
+  unauthorized: "A valid bearer token is required.",
+  body_too_large: "The request body is too large.",
+  invalid_body: "The request body must be a JSON object.",
+  upstream_failed: "The runtime did not answer the request."
+} as const
+
+/** Refusals of the loopback gateway itself, before or around a request to the runtime. */
+export class GatewayError extends ReasonError("GatewayError", gatewayMessages) {}

@@ -1,0 +1,226 @@
+/**
+ * The loopback inference gateway: the one door between a companion app and its local model.
+ *
+ * Routes, and nothing else (404): `POST /v1/chat/completions`, `POST /v1/completions`,
+ * `GET /v1/models`, and `GET /health` (the lifecycle state; 200 only when ready).
+ *
+ * Checks, in order, before any work: the `Host` header must name the address the gateway listens
+ * on (421: DNS rebinding); an `Origin` header must be in the allowlist, empty by default (403:
+ * browsers); the optional client token guards every route but `/health` (401); the body is read up
+ * to its limit (413) and must be a JSON object (400). Then the request goes through
+ * `RuntimeManager.run` to the runtime with the per-spawn key, and the runtime's answer streams back
+ * chunk by chunk; the slot is held until the last chunk or the client's disconnect, which also
+ * aborts the upstream request.
+ *
+ * Every refusal is `{ "error": { "type": <reason>, "message": <fixed text> } }`: no input echoed.
+ */
+import {
+  HttpClient,
+  HttpClientRequest,
+  type HttpClientResponse,
+  HttpServer,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
+import { Chunk, Config, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { timingSafeEqual } from "node:crypto"
+import { GatewayError } from "../services/Errors.js"
+import { type RunFailure, RuntimeManager, type RuntimeEndpoint } from "../services/RuntimeManager.js"
+
+export interface GatewayOptions {
+  /** Origins a browser may call from (exact `scheme://host:port`). Default: none. */
+  readonly allowedOrigins?: ReadonlyArray<string> | undefined
+  /** When set, every route but `/health` needs `Authorization: Bearer <token>`. */
+  readonly token?: Redacted.Redacted<string> | undefined
+  /** Default 8 MiB. */
+  readonly maxBodyBytes?: number | undefined
+  /** Seconds a 503 asks the client to wait. Default 1. */
+  readonly retryAfterSeconds?: number | undefined
+}
+
+type Failure = RunFailure | GatewayError
+
+/** The HTTP answer to each typed failure: status, and whether it carries `Retry-After`. */
+export const statusOf = (error: Failure): { readonly status: number; readonly retry: boolean } => {
+  switch (error._tag) {
+    case "GatewayError":
+      switch (error.reason) {
+        case "not_found":
+          return { status: 404, retry: false }
+        case "misdirected_request":
+          return { status: 421, retry: false }
+        case "origin_not_allowed":
+          return { status: 403, retry: false }
+        case "unauthorized":
+          return { status: 401, retry: false }
+        case "body_too_large":
+          return { status: 413, retry: false }
+        case "invalid_body":
+          return { status: 400, retry: false }
+        case "upstream_failed":
+          return { status: 502, retry: false }
+      }
+      break
+    case "RuntimeExitedError":
+      return { status: 502, retry: false }
+    default:
+      // Not ready, draining, queue full or timed out, resources over limit, circuit open.
+      return { status: 503, retry: true }
+  }
+}
+
+const errorResponse = (error: Failure, retryAfterSeconds: number) => {
+  const { retry, status } = statusOf(error)
+  return HttpServerResponse.unsafeJson(
+    { error: { type: error.reason, message: error.message } },
+    { status, headers: retry ? { "retry-after": String(retryAfterSeconds) } : {} }
+  )
+}
+
+/** Headers passed from the runtime's answer; hop-by-hop and length headers are the server's business. */
+const PASSED_HEADERS = ["content-type", "cache-control"]
+
+const sameToken = (given: string, expected: string) => {
+  const a = Buffer.from(given)
+  const b = Buffer.from(expected)
+  return a.length === b.length && timingSafeEqual(a, b)
+}
+
+/** Read at most `limit` bytes; one more is `body_too_large`. */
+const readBody = (request: HttpServerRequest.HttpServerRequest, limit: number) =>
+  Effect.gen(function*() {
+    const declared = Number(request.headers["content-length"])
+    if (Number.isFinite(declared) && declared > limit) return yield* new GatewayError({ reason: "body_too_large" })
+    const parts = yield* request.stream.pipe(
+      Stream.mapError(() => new GatewayError({ reason: "invalid_body" })),
+      Stream.mapAccumEffect(0, (total, chunk) =>
+        total + chunk.length > limit
+          ? Effect.fail(new GatewayError({ reason: "body_too_large" }))
+          : Effect.succeed([total + chunk.length, chunk] as const)),
+      Stream.runCollect
+    )
+    return Buffer.concat(Chunk.toArray(parts))
+  })
+
+const parseObject = (body: Uint8Array) =>
+  Effect.try({
+    try: () => JSON.parse(Buffer.from(body).toString("utf8")) as unknown,
+    catch: () => new GatewayError({ reason: "invalid_body" })
+  }).pipe(
+    Effect.filterOrFail(
+      (value): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value),
+      () => new GatewayError({ reason: "invalid_body" })
+    )
+  )
+
+/**
+ * Forward one request through the manager and stream the answer back. The manager's slot is held
+ * by a fiber that waits until the response stream ends, fails or is interrupted (the client went
+ * away); interrupting the handler interrupts that fiber, whose scope aborts the upstream request.
+ */
+const forward = (
+  manager: RuntimeManager["Type"],
+  client: HttpClient.HttpClient,
+  build: (endpoint: RuntimeEndpoint) => HttpClientRequest.HttpClientRequest
+) =>
+  Effect.gen(function*() {
+    const answer = yield* Deferred.make<HttpClientResponse.HttpClientResponse, Failure>()
+    const finished = yield* Deferred.make<void>()
+    const holder = yield* Effect.forkDaemon(
+      manager.run((endpoint) =>
+        Effect.gen(function*() {
+          const response = yield* client.execute(build(endpoint)).pipe(
+            Effect.mapError(() => new GatewayError({ reason: "upstream_failed" }))
+          )
+          yield* Deferred.succeed(answer, response)
+          yield* Deferred.await(finished)
+        }).pipe(Effect.scoped)
+      ).pipe(Effect.catchAll((error) => Deferred.fail(answer, error)))
+    )
+    const release = Effect.zipRight(Deferred.succeed(finished, undefined), Fiber.await(holder))
+    const response = yield* Deferred.await(answer).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Fiber.interrupt(holder))))
+    const headers: Record<string, string> = {}
+    for (const name of PASSED_HEADERS) {
+      const value = response.headers[name]
+      if (value !== undefined) headers[name] = value
+    }
+    const body = response.stream.pipe(
+      Stream.catchAll(() => Stream.empty),
+      Stream.ensuring(release)
+    )
+    return HttpServerResponse.stream(body, { status: response.status, headers })
+  })
+
+export const makeApp = (options: GatewayOptions = {}) =>
+  Effect.gen(function*() {
+    const manager = yield* RuntimeManager
+    const client = yield* HttpClient.HttpClient
+    const server = yield* HttpServer.HttpServer
+    const allowedOrigins = new Set(options.allowedOrigins ?? [])
+    const limit = options.maxBodyBytes ?? 8 * 1024 * 1024
+    const retryAfter = options.retryAfterSeconds ?? 1
+    const address = server.address
+    const expectedHost = address._tag === "TcpAddress" ? `${address.hostname}:${address.port}` : undefined
+
+    const refuse = (reason: GatewayError["reason"]) => Effect.fail(new GatewayError({ reason }))
+
+    const inference = (request: HttpServerRequest.HttpServerRequest, path: string) =>
+      Effect.gen(function*() {
+        const body = yield* parseObject(yield* readBody(request, limit))
+        return yield* forward(manager, client, (endpoint) =>
+          HttpClientRequest.post(`${endpoint.baseUrl}${path}`).pipe(
+            HttpClientRequest.bearerToken(Redacted.value(endpoint.apiKey)),
+            HttpClientRequest.bodyUnsafeJson(body)
+          ))
+      })
+
+    const health = Effect.map(manager.status, (status) =>
+      HttpServerResponse.unsafeJson(
+        { state: status.state, inFlight: status.inFlight, queued: status.queued },
+        { status: status.state === "ready" ? 200 : 503 }
+      ))
+
+    const route = Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      if (expectedHost !== undefined && request.headers["host"] !== expectedHost) return yield* refuse("misdirected_request")
+      const origin = request.headers["origin"]
+      if (origin !== undefined && !allowedOrigins.has(origin)) return yield* refuse("origin_not_allowed")
+      const path = request.url.split("?")[0] ?? ""
+      const key = `${request.method} ${path}`
+      if (key === "GET /health") return yield* health
+      const known = key === "POST /v1/chat/completions" || key === "POST /v1/completions" || key === "GET /v1/models"
+      if (!known) return yield* refuse("not_found")
+      if (options.token !== undefined) {
+        const given = /^Bearer (.+)$/.exec(request.headers["authorization"] ?? "")?.[1]
+        if (given === undefined || !sameToken(given, Redacted.value(options.token))) return yield* refuse("unauthorized")
+      }
+      if (key === "GET /v1/models") {
+        return yield* forward(manager, client, (endpoint) =>
+          HttpClientRequest.get(`${endpoint.baseUrl}/v1/models`).pipe(
+            HttpClientRequest.bearerToken(Redacted.value(endpoint.apiKey))
+          ))
+      }
+      return yield* inference(request, path)
+    })
+
+    return route.pipe(Effect.catchAll((error) => Effect.succeed(errorResponse(error, retryAfter))))
+  })
+
+/** Serve the gateway on the HttpServer in context (with its own routes beside it, if any). */
+export const layer = (options: GatewayOptions = {}) =>
+  Layer.scopedDiscard(Effect.flatMap(makeApp(options), (app) => HttpServer.serveEffect(app)))
+
+/** `gateway.*` keys: `port` (0 picks one), `allowedOrigins`, `token`, `maxBodyBytes`. */
+export const GatewayConfig = Config.all({
+  port: Config.port("port").pipe(Config.withDefault(0)),
+  allowedOrigins: Config.array(Config.string(), "allowedOrigins").pipe(Config.withDefault([])),
+  token: Config.option(Config.redacted("token")),
+  maxBodyBytes: Config.integer("maxBodyBytes").pipe(Config.withDefault(8 * 1024 * 1024))
+}).pipe(Config.nested("gateway"))
+
+export const optionsFrom = (config: Config.Config.Success<typeof GatewayConfig>): GatewayOptions => ({
+  allowedOrigins: config.allowedOrigins,
+  token: Option.getOrUndefined(config.token),
+  maxBodyBytes: config.maxBodyBytes
+})
+

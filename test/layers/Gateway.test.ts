@@ -1,0 +1,254 @@
+/**
+ * The gateway's own rules on a real loopback socket, over the in-memory manager: routes, Host and
+ * Origin refusals, the client token, body limits, and the HTTP answer to each typed failure.
+ * (The path to a real llama-server is in test/live/Gateway.test.ts.)
+ */
+import { createServer, request as httpRequest } from "node:http"
+import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
+import { HttpServer } from "@effect/platform"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer, Redacted, Schedule } from "effect"
+import * as GatewayLive from "../../src/layers/GatewayLive.js"
+import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
+import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
+import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { managerLayer, MODEL, SOURCE } from "./harness.js"
+
+interface Answer {
+  readonly status: number
+  readonly headers: Record<string, string | Array<string> | undefined>
+  readonly text: string
+}
+
+/** A raw HTTP call, so any Host, Origin or body can be sent. */
+const call = (
+  port: number,
+  options: { method?: string; path?: string; headers?: Record<string, string>; body?: string | Buffer; chunked?: boolean }
+) =>
+  Effect.async<Answer, Error>((resume) => {
+    const req = httpRequest(
+      {
+        host: "127.0.0.1",
+        port,
+        method: options.method ?? "GET",
+        path: options.path ?? "/health",
+        headers: { host: `127.0.0.1:${port}`, ...options.headers }
+      },
+      (res) => {
+        const parts: Array<Buffer> = []
+        res.on("data", (d: Buffer) => parts.push(d))
+        res.on("end", () => resume(Effect.succeed({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(parts).toString() })))
+      }
+    )
+    req.on("error", (e) => resume(Effect.fail(e)))
+    if (options.body !== undefined) {
+      if (options.chunked === true) {
+        // No Content-Length: the limit must hold while reading.
+        const body = Buffer.from(options.body)
+        for (let i = 0; i < body.length; i += 65_536) req.write(body.subarray(i, i + 65_536))
+      } else {
+        req.setHeader("content-length", Buffer.byteLength(options.body))
+        req.write(options.body)
+      }
+    }
+    req.end()
+  })
+
+const serverLayer = NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })
+
+const gateway = (options: GatewayLive.GatewayOptions = {}, patch: Record<string, unknown> = {}) =>
+  GatewayLive.layer(options).pipe(
+    Layer.provideMerge(serverLayer),
+    Layer.provideMerge(managerLayer(patch)),
+    Layer.provide(NodeHttpClient.layerUndici)
+  )
+
+const portOf = Effect.map(HttpServer.HttpServer, (s) => (s.address._tag === "TcpAddress" ? s.address.port : 0))
+
+const errorType = (answer: Answer) => (JSON.parse(answer.text) as { error: { type: string; message: string } }).error.type
+
+const start = Effect.gen(function*() {
+  yield* (yield* DownloaderControl).serve(SOURCE, MODEL)
+  yield* (yield* RuntimeManager).start
+})
+
+describe("Gateway (in-memory manager, real socket)", () => {
+  it.live("answers 404 for every path and method outside the four routes", () =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      const probes: Array<[string, string]> = [
+        ["GET", "/"], ["GET", "/v1/completions"], ["POST", "/health"], ["DELETE", "/v1/models"],
+        ["POST", "/v1/embeddings"], ["GET", "/props"], ["POST", "/slots"], ["GET", "/metrics"],
+        ["GET", "/v1/models/../../etc/passwd"], ["PUT", "/v1/chat/completions"], ["GET", "/HEALTH"]
+      ]
+      for (const [method, path] of probes) {
+        const answer = yield* call(port, { method, path })
+        assert.strictEqual(answer.status, 404, `${method} ${path}`)
+        assert.strictEqual(errorType(answer), "not_found")
+        assert.notInclude(answer.text, path.slice(1) || "/ ")
+      }
+    }).pipe(Effect.provide(gateway())))
+
+  it.live("/health: 503 with the state until ready, then 200", () =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      const before = yield* call(port, {})
+      assert.strictEqual(before.status, 503)
+      assert.strictEqual((JSON.parse(before.text) as { state: string }).state, "stopped")
+      yield* start
+      const after = yield* call(port, {})
+      assert.strictEqual(after.status, 200)
+      assert.strictEqual((JSON.parse(after.text) as { state: string }).state, "ready")
+    }).pipe(Effect.provide(gateway())))
+
+  it.live("a Host that is not this gateway's loopback address and port is 421 (DNS rebinding)", () =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      for (const host of ["evil.example", `evil.example:${port}`, `localhost:${port}`, `127.0.0.1:${port + 1}`, "127.0.0.1"]) {
+        const answer = yield* call(port, { headers: { host } })
+        assert.strictEqual(answer.status, 421, host)
+        assert.strictEqual(errorType(answer), "misdirected_request")
+        assert.notInclude(answer.text, "evil")
+      }
+    }).pipe(Effect.provide(gateway())))
+
+  it.live("an Origin outside the allowlist is 403; one in it passes", () =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      const refused = yield* call(port, { headers: { origin: "https://evil.example" } })
+      assert.strictEqual(refused.status, 403)
+      assert.strictEqual(errorType(refused), "origin_not_allowed")
+      const nullOrigin = yield* call(port, { headers: { origin: "null" } })
+      assert.strictEqual(nullOrigin.status, 403)
+      const allowed = yield* call(port, { headers: { origin: "app://companion" } })
+      assert.strictEqual(allowed.status, 503) // reached /health: not ready yet
+    }).pipe(Effect.provide(gateway({ allowedOrigins: ["app://companion"] }))))
+
+  it.live("with a token, every route but /health needs it", () =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      yield* start
+      const body = JSON.stringify({ prompt: "hi" })
+      for (const headers of [{}, { authorization: "Bearer wrong" }, { authorization: "Basic c2VjcmV0" }, { authorization: "Bearer s3cret-token-x" }]) {
+        const answer = yield* call(port, { method: "POST", path: "/v1/completions", headers, body })
+        assert.strictEqual(answer.status, 401)
+        assert.strictEqual(errorType(answer), "unauthorized")
+      }
+      assert.strictEqual((yield* call(port, { method: "GET", path: "/v1/models" })).status, 401)
+      assert.strictEqual((yield* call(port, {})).status, 200)
+      // With the token the request passes the gateway (and fails upstream: nothing listens there).
+      const passed = yield* call(port, { method: "POST", path: "/v1/completions", headers: { authorization: "Bearer s3cret-token" }, body })
+      assert.strictEqual(passed.status, 502)
+    }).pipe(Effect.provide(gateway({ token: Redacted.make("s3cret-token") }))))
+
+  it.live("a body over the limit is 413, declared or streamed; a body that is not a JSON object is 400", () =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      yield* start
+      const big = "x".repeat(300_000)
+      const declared = yield* call(port, { method: "POST", path: "/v1/completions", body: big })
+      assert.strictEqual(declared.status, 413)
+      assert.strictEqual(errorType(declared), "body_too_large")
+      // Without a Content-Length the limit holds while reading: reading stops at the limit and the
+      // connection is closed, so the client sees a 413 or, if still sending, a reset. Never a 2xx/5xx.
+      const streamed = yield* Effect.either(call(port, { method: "POST", path: "/v1/completions", body: big, chunked: true }))
+      if (streamed._tag === "Right") assert.strictEqual(streamed.right.status, 413)
+      else assert.match(streamed.left.message, /ECONNRESET|EPIPE/)
+      assert.strictEqual((yield* call(port, {})).status, 200) // still up
+      for (const body of ["[1,2]", "\"text\"", "42", "null", "{not json", "", "{\"a\":1}x"]) {
+        const answer = yield* call(port, { method: "POST", path: "/v1/chat/completions", body })
+        assert.strictEqual(answer.status, 400, body)
+        assert.strictEqual(errorType(answer), "invalid_body")
+        if (body.length > 2) assert.notInclude(answer.text, body)
+      }
+    }).pipe(Effect.provide(gateway({ maxBodyBytes: 200_000 }))))
+
+  it.live("not ready is 503 with Retry-After; a runtime that does not answer is 502", () =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      const body = JSON.stringify({ messages: [{ role: "user", content: "secret question" }] })
+      const notReady = yield* call(port, { method: "POST", path: "/v1/chat/completions", body })
+      assert.strictEqual(notReady.status, 503)
+      assert.strictEqual(errorType(notReady), "not_ready")
+      assert.strictEqual(notReady.headers["retry-after"], "1")
+      yield* start
+      const upstream = yield* call(port, { method: "POST", path: "/v1/chat/completions", body })
+      assert.strictEqual(upstream.status, 502)
+      assert.strictEqual(errorType(upstream), "upstream_failed")
+      assert.notInclude(upstream.text, "secret")
+      assert.notInclude(upstream.text, "127.0.0.1")
+      // The slot came back.
+      assert.strictEqual((yield* (yield* RuntimeManager).status).inFlight, 0)
+    }).pipe(Effect.provide(gateway())))
+
+  it.scopedLive("streams the runtime's events as they come, and a client that leaves aborts upstream and frees the slot", () =>
+    Effect.gen(function*() {
+      // A runtime stand-in that sends one server-sent event every 50 ms and never finishes.
+      const upstream = yield* Effect.acquireRelease(
+        Effect.async<{ port: number; aborted: Array<boolean>; auth: Array<string | undefined>; close: () => void }>((resume) => {
+          const aborted: Array<boolean> = []
+          const auth: Array<string | undefined> = []
+          const server = createServer((req, res) => {
+            auth.push(req.headers.authorization)
+            res.writeHead(200, { "content-type": "text/event-stream" })
+            let n = 0
+            const timer = setInterval(() => res.write(`data: {"n":${n++}}\n\n`), 50)
+            res.on("close", () => {
+              clearInterval(timer)
+              aborted.push(!res.writableFinished)
+            })
+          })
+          server.listen(0, "127.0.0.1", () => {
+            const address = server.address()
+            resume(Effect.succeed({
+              port: typeof address === "object" && address !== null ? address.port : 0,
+              aborted,
+              auth,
+              close: () => {
+                server.closeAllConnections()
+                server.close()
+              }
+            }))
+          })
+        }),
+        (u) => Effect.sync(u.close)
+      )
+      yield* (yield* SpawnerControl).setBehaviour({ baseUrl: `http://127.0.0.1:${upstream.port}` })
+      yield* start
+      const manager = yield* RuntimeManager
+      const port = yield* portOf
+      const events = yield* Effect.async<Array<string>, Error>((resume) => {
+        const req = httpRequest({ host: "127.0.0.1", port, method: "POST", path: "/v1/chat/completions", headers: { host: `127.0.0.1:${port}` } }, (res) => {
+          const seen: Array<string> = []
+          res.on("data", (d: Buffer) => {
+            seen.push(d.toString())
+            // Three events arrived while the upstream is still going: nothing was buffered whole.
+            if (seen.join("").split("data:").length > 3) {
+              req.destroy()
+              resume(Effect.succeed(seen))
+            }
+          })
+        })
+        req.on("error", () => {})
+        req.end(JSON.stringify({ messages: [], stream: true }))
+      })
+      assert.include(events.join(""), "data: {\"n\":0}")
+      // The upstream request is aborted and the slot is back, without waiting for the stream's end.
+      yield* Effect.sync(() => upstream.aborted.length === 1 && upstream.aborted[0] === true).pipe(
+        Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (done) => done }),
+        Effect.timeout("3 seconds")
+      )
+      yield* Effect.flatMap(manager.status, (s) => (s.inFlight === 0 ? Effect.void : Effect.fail("busy"))).pipe(
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("3 seconds")))
+      )
+      // The runtime got the per-spawn key; the client never sent one.
+      assert.match(upstream.auth[0] ?? "", /^Bearer test-key-\d+$/)
+    }).pipe(Effect.provide(gateway())))
+
+  it("maps every typed failure to its status", () => {
+    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "RuntimeExitedError", reason: "runtime_exited" } as never), { status: 502, retry: false })
+    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "AdmissionError", reason: "queue_full" } as never), { status: 503, retry: true })
+    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "ResourceError", reason: "ram_over_limit" } as never), { status: 503, retry: true })
+    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "LifecycleError", reason: "not_ready" } as never), { status: 503, retry: true })
+  })
+})

@@ -1,0 +1,128 @@
+/**
+ * The gateway in front of a real llama-server, driven by a client nobody here wrote: the official
+ * `openai` npm package, non-streaming and streaming; and a client that disconnects mid-stream.
+ */
+import { createServer, request as httpRequest } from "node:http"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { HttpServer } from "@effect/platform"
+import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
+import { afterAll, assert, beforeAll, describe, inject, it } from "@effect/vitest"
+import { ConfigProvider, Effect, Layer, Redacted, Schedule } from "effect"
+import OpenAI from "openai"
+import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
+import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
+import { tinyGguf } from "../../scripts/tiny-gguf.js"
+import * as GatewayLive from "../../src/layers/GatewayLive.js"
+import * as LiveLayers from "../../src/layers/LiveLayers.js"
+import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { sha256Hex } from "../domain/fixtures.js"
+
+const MODEL = tinyGguf()
+let pki: TestPki
+let origin: Origin
+let work: string
+
+beforeAll(async () => {
+  pki = makeTestPki()
+  origin = await startOrigin(pki, { "/models/tiny.gguf": serveBytes(MODEL) })
+  work = mkdtempSync(join(tmpdir(), "companion-gateway-"))
+})
+
+afterAll(async () => {
+  await origin?.close()
+  if (work !== undefined) rmSync(work, { recursive: true, force: true })
+})
+
+const TOKEN = "client-token-for-tests"
+
+/** Gateway + the whole live stack from a ConfigProvider, on an ephemeral loopback port. */
+const stack = () => {
+  const caFile = join(work, "ca.pem")
+  writeFileSync(caFile, pki.caPem)
+  const provider = ConfigProvider.fromJson({
+    storeDir: join(work, "store"),
+    model: { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length, source: `${origin.baseUrl}/models/tiny.gguf` },
+    allowedSources: [`${origin.baseUrl}/models/`],
+    admission: { maxInFlight: 2, queueBound: 4 },
+    download: { caFiles: [caFile] },
+    runtime: { binary: inject("llamaServer") }
+  })
+  return GatewayLive.layer({ token: Redacted.make(TOKEN) }).pipe(
+    Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
+    Layer.provideMerge(LiveLayers.layer),
+    Layer.provide(NodeHttpClient.layerUndici),
+    Layer.provide(Layer.setConfigProvider(provider))
+  )
+}
+
+const baseUrl = Effect.map(HttpServer.HttpServer, (s) =>
+  s.address._tag === "TcpAddress" ? `http://127.0.0.1:${s.address.port}` : "")
+
+describe("live: gateway in front of llama-server", () => {
+  it.live("the openai client: chat completion, then a streamed one, through the gateway", () =>
+    Effect.gen(function*() {
+      const manager = yield* RuntimeManager
+      yield* manager.start
+      const url = yield* baseUrl
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: TOKEN, maxRetries: 0, timeout: 30_000 })
+
+      const completion = yield* Effect.promise(() =>
+        client.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello" }], max_tokens: 8 }))
+      assert.strictEqual(completion.object, "chat.completion")
+      assert.isString(completion.choices[0]?.message.content)
+
+      const stream = yield* Effect.promise(() =>
+        client.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello" }], max_tokens: 8, stream: true }))
+      const chunks = yield* Effect.promise(async () => {
+        const all: Array<OpenAI.Chat.Completions.ChatCompletionChunk> = []
+        for await (const chunk of stream) all.push(chunk)
+        return all
+      })
+      assert.isAbove(chunks.length, 1)
+      assert.isTrue(chunks.every((c) => c.object === "chat.completion.chunk"))
+
+      const models = yield* Effect.promise(() => client.models.list())
+      assert.isAbove(models.data.length, 0)
+
+      // The wrong token is refused before the runtime sees anything.
+      const wrong = new OpenAI({ baseURL: `${url}/v1`, apiKey: "wrong", maxRetries: 0 })
+      const refused = yield* Effect.promise(() =>
+        wrong.completions.create({ model: "tiny", prompt: "x", max_tokens: 1 }).then(() => 0, (e: { status?: number }) => e.status ?? -1))
+      assert.strictEqual(refused, 401)
+      yield* manager.drain("10 seconds")
+    }).pipe(Effect.provide(stack())), 120_000)
+
+  it.live("a client that disconnects mid-stream aborts the upstream request and frees its slot", () =>
+    Effect.gen(function*() {
+      const manager = yield* RuntimeManager
+      yield* manager.start
+      const url = new URL(yield* baseUrl)
+      yield* Effect.async<void, Error>((resume) => {
+        const req = httpRequest({
+          host: url.hostname,
+          port: url.port,
+          method: "POST",
+          path: "/v1/completions",
+          headers: { host: url.host, authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }
+        }, (res) => {
+          res.once("data", () => {
+            // Gone after the first event of a long generation.
+            req.destroy()
+            resume(Effect.void)
+          })
+        })
+        req.on("error", () => {})
+        req.end(JSON.stringify({ prompt: "Once upon a time", max_tokens: 400, stream: true, ignore_eos: true }))
+      })
+      yield* Effect.flatMap(manager.status, (s) => (s.inFlight === 0 ? Effect.void : Effect.fail("busy"))).pipe(
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("5 seconds")))
+      )
+      // The runtime is still serving: a new request completes.
+      const again = yield* Effect.promise(() =>
+        new OpenAI({ baseURL: `${url.origin}/v1`, apiKey: TOKEN, maxRetries: 0 }).completions.create({ model: "tiny", prompt: "x", max_tokens: 2 }))
+      assert.strictEqual(again.object, "text_completion")
+      yield* manager.drain("10 seconds")
+    }).pipe(Effect.provide(stack())), 120_000)
+})
