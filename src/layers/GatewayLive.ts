@@ -212,7 +212,11 @@ export const layer = (options: GatewayOptions = {}) =>
 
 /** `gateway.*` keys: `port` (0 picks one), `allowedOrigins`, `token`, `maxBodyBytes`. */
 export const GatewayConfig = Config.all({
-  port: Config.port("port").pipe(Config.withDefault(0)),
+  // 0 asks the OS for a free port (Config.port refuses 0).
+  port: Config.integer("port").pipe(
+    Config.withDefault(0),
+    Config.validate({ message: "a port number, 0 to 65535", validation: (n) => n >= 0 && n <= 65535 })
+  ),
   allowedOrigins: Config.array(Config.string(), "allowedOrigins").pipe(Config.withDefault([])),
   token: Config.option(Config.redacted("token")),
   maxBodyBytes: Config.integer("maxBodyBytes").pipe(Config.withDefault(8 * 1024 * 1024))
