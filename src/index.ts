@@ -1,3 +1,6 @@
+// The command's config file
+export * as ConfigFile from "./cli/ConfigFile.js"
+
 // Pure decisions
 export * as Admission from "./domain/Admission.js"
 export {
@@ -30,6 +33,7 @@ export * from "./services/Spawner.js"
 // Layers: live (the real world) and Test (in memory, each with a control service)
 export * as DownloaderLive from "./layers/DownloaderLive.js"
 export * as DownloaderTest from "./layers/DownloaderTest.js"
+export * as GatewayLive from "./layers/GatewayLive.js"
 export * as HealthProbeLive from "./layers/HealthProbeLive.js"
 export * as HealthProbeTest from "./layers/HealthProbeTest.js"
 export * as LiveLayers from "./layers/LiveLayers.js"

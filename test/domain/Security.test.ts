@@ -118,8 +118,8 @@ describe("fail-closed posture", () => {
 describe("no ambient authority", () => {
   it("the public API is exactly this list: decisions, errors, service tags and layers", () => {
     assert.deepStrictEqual(Object.keys(Api).sort(), [
-      "Admission", "AdmissionError", "CircuitOpenError", "DownloadError", "Downloader", "DownloaderLive", "DownloaderTest",
-      "HealthError", "HealthProbe", "HealthProbeLive", "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle",
+      "Admission", "AdmissionError", "CircuitOpenError", "ConfigFile", "DownloadError", "Downloader", "DownloaderLive",
+      "DownloaderTest", "GatewayError", "GatewayLive", "HealthError", "HealthProbe", "HealthProbeLive", "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle",
       "LifecycleError", "LiveLayers", "MemoryFileSystem", "ModelStoreError", "QueueTimeoutError", "RequestGate",
       "RequestGateError", "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError", "ResourceStatLive",
       "ResourceStatTest", "RuntimeExitedError", "RuntimeManager", "RuntimeManagerConfig", "RuntimeManagerLive",
@@ -153,7 +153,7 @@ describe("no ambient authority", () => {
     const classes = [
       Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError, Api.RequestGateError,
       Api.DownloadError, Api.ModelStoreError, Api.SpawnError, Api.HealthError, Api.ResourceStatError,
-      Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError
+      Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError, Api.GatewayError
     ]
     const seen = new Map<string, string>()
     for (const cls of classes) {
