@@ -5,8 +5,8 @@
  *   context size and threads when configured); the port comes from its `listening on
  *   http://127.0.0.1:<port>` log line, so there is no bind-then-release race.
  * - Ollama: `ollama serve` with `OLLAMA_HOST=127.0.0.1:<port>`, the port found by binding port 0;
- *   if the runtime exits before it is ready because the port was taken meanwhile, it is spawned
- *   again on a new port (up to 3 times).
+ *   the handle is returned once the port accepts connections. If the runtime exits first (the
+ *   port was taken meanwhile), it is spawned again on a new port (up to 3 times).
  * - A fresh 256-bit key per spawn, in `LLAMA_API_KEY` only (never in argv).
  * - The child's environment is built from an allowlist of the parent's variables, never the
  *   whole environment (which may hold tokens).
@@ -17,9 +17,9 @@
  *   it when the manager process dies, however it dies (SIGKILL included).
  */
 import { randomBytes } from "node:crypto"
-import { createServer } from "node:net"
+import { connect, createServer } from "node:net"
 import { Command, CommandExecutor, FileSystem } from "@effect/platform"
-import { Config, Deferred, Duration, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
+import { Config, Deferred, Duration, Effect, Either, Layer, Option, Redacted, Schedule, Stream } from "effect"
 import { SpawnError } from "../services/Errors.js"
 import { type ExitStatus, type RuntimeHandle, Spawner, type VerifiedModel } from "../services/Spawner.js"
 import type { RuntimeKind } from "./HealthProbeLive.js"
@@ -117,6 +117,24 @@ const freePort = Effect.async<number, SpawnError>((resume) => {
   })
 })
 
+/** Resolves once something accepts TCP connections on the loopback port (polled every 20 ms). */
+const accepting = (port: number) =>
+  Effect.async<boolean>((resume) => {
+    const socket = connect({ host: "127.0.0.1", port })
+    socket.once("connect", () => {
+      socket.destroy()
+      resume(Effect.succeed(true))
+    })
+    socket.once("error", () => {
+      socket.destroy()
+      resume(Effect.succeed(false))
+    })
+    return Effect.sync(() => socket.destroy())
+  }).pipe(
+    Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (ok) => ok }),
+    Effect.as(port)
+  )
+
 /** The platform reports a signal death only in an error's text; read the signal name back. */
 const exitStatusOf = (exit: Either.Either<number, { readonly message: string }>): ExitStatus =>
   Either.isRight(exit)
@@ -196,7 +214,9 @@ export const make = (options: SpawnerOptions) =>
 
         const exitedEarly = Effect.zipRight(Deferred.await(exited), Effect.fail(new SpawnError({ reason: "exited_early" })))
         const listeningPort = options.kind === "ollama"
-          ? Effect.succeed(port ?? 0)
+          ? accepting(port ?? 0).pipe(
+            Effect.timeoutFail({ duration: addressTimeout, onTimeout: () => new SpawnError({ reason: "address_not_reported" }) })
+          )
           : Deferred.await(address).pipe(
             Effect.timeoutFail({ duration: addressTimeout, onTimeout: () => new SpawnError({ reason: "address_not_reported" }) })
           )

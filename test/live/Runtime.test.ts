@@ -52,9 +52,9 @@ afterAll(async () => {
 })
 
 /** An executable that runs the stand-in in `mode` (the spawner's argv follows). */
-const standin = (mode: string) => {
+const standin = (mode: string, extra = "") => {
   const path = join(work, `standin-${mode}.sh`)
-  writeFileSync(path, `#!/bin/sh\nexec '${process.execPath}' '${STANDIN}' ${mode} "$@"\n`)
+  writeFileSync(path, `#!/bin/sh\nexec '${process.execPath}' '${STANDIN}' ${mode} ${extra} "$@"\n`)
   chmodSync(path, 0o755)
   return path
 }
@@ -332,5 +332,18 @@ describe("live: stand-in runtimes", () => {
         assert.isTrue(gone(handle.pid))
       }).pipe(Effect.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layerUndici)))
     ), 30_000)
-})
 
+  it.live("Ollama adapter (stand-in): a port taken at spawn is retried on a new one", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const marker = join(work, "ollama-taken-marker")
+        const spawner = yield* SpawnerLive.make({ kind: "ollama", binary: standin("ollama-taken-once", marker), parallel: 1 })
+        const probe = yield* HealthProbeLive.make("ollama")
+        const handle = yield* spawner.spawn(model())
+        assert.isTrue(existsSync(marker)) // the first launch ran and failed
+        const health = yield* probe.probe(handle).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
+        assert.strictEqual(health, "ok")
+        yield* handle.stop("2 seconds")
+      }).pipe(Effect.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layerUndici)))
+    ), 30_000)
+})
