@@ -19,7 +19,7 @@
 import { randomBytes } from "node:crypto"
 import { connect, createServer } from "node:net"
 import { Command, CommandExecutor, FileSystem } from "@effect/platform"
-import { Config, Deferred, Duration, Effect, Either, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import { Config, ConfigProvider, Deferred, Duration, Effect, Either, Layer, Option, Redacted, Schedule, Stream } from "effect"
 import { SpawnError } from "../services/Errors.js"
 import { type ExitStatus, type RuntimeHandle, Spawner, type VerifiedModel } from "../services/Spawner.js"
 import type { RuntimeKind } from "./HealthProbeLive.js"
@@ -34,7 +34,7 @@ export interface SpawnerOptions {
   readonly threads?: number | undefined
   /** Names of the parent's variables the child may see. Default: `defaultEnvAllowlist`. */
   readonly envAllowlist?: ReadonlyArray<string> | undefined
-  /** The parent's environment to pick from. Default: `process.env`. */
+  /** The parent's environment to pick from. Default: the process environment, read through `ConfigProvider.fromEnv`. */
   readonly environment?: Readonly<Record<string, string | undefined>> | undefined
   /** How long to wait for the listening address (llama.cpp). Default 60 s. */
   readonly addressTimeout?: Duration.DurationInput | undefined
@@ -93,6 +93,16 @@ export const runtimeArgs = (options: SpawnerOptions, model: VerifiedModel): Arra
       ...(options.contextSize !== undefined ? ["--ctx-size", String(options.contextSize)] : []),
       ...(options.threads !== undefined ? ["--threads", String(options.threads)] : [])
     ]
+
+/** The allowlisted variables of the process environment, read through Effect's env provider. */
+const allowlistedEnvironment = (allowlist: ReadonlyArray<string>) =>
+  Effect.withConfigProvider(
+    Effect.map(
+      Effect.forEach(allowlist, (name) => Effect.map(Config.option(Config.string(name)), (value) => [name, Option.getOrUndefined(value)] as const)),
+      (entries) => Object.fromEntries(entries)
+    ),
+    ConfigProvider.fromEnv()
+  ).pipe(Effect.orElseSucceed(() => ({})))
 
 /** A bounded buffer of the last `capacity` lines. */
 export const ringBuffer = (capacity: number) => {
@@ -156,7 +166,8 @@ export const make = (options: SpawnerOptions) =>
     const fs = yield* FileSystem.FileSystem
     const setpriv = yield* Effect.findFirst(SETPRIV_PATHS, (p) => Effect.orElseSucceed(fs.exists(p), () => false))
     if (Option.isNone(setpriv)) return yield* spawnFailed()
-    const baseEnv = childEnvironment(options.environment ?? process.env, options.envAllowlist ?? defaultEnvAllowlist)
+    const allowlist = options.envAllowlist ?? defaultEnvAllowlist
+    const baseEnv = childEnvironment(options.environment ?? (yield* allowlistedEnvironment(allowlist)), allowlist)
     const addressTimeout = options.addressTimeout ?? Duration.seconds(60)
     const stopGrace = options.stopGrace ?? Duration.seconds(5)
     const capacity = options.outputLines ?? 200

@@ -148,6 +148,10 @@ describe("live: a real llama-server", () => {
         yield* manager.start
         const handle = yield* latest(handles)
         assert.match(handle.baseUrl, /^http:\/\/127\.0\.0\.1:\d+$/)
+        // The default environment: the allowlisted variables this process has (PATH, at least), and the key.
+        const names = readFileSync(`/proc/${handle.pid}/environ`, "utf8").split("\0").filter(Boolean).map((e) => e.split("=")[0]!)
+        assert.includeMembers(names, ["PATH", "LLAMA_API_KEY"])
+        for (const name of names) assert.include([...SpawnerLive.defaultEnvAllowlist, "LLAMA_API_KEY"], name)
         // The runtime refuses a request without the key…
         const refused = yield* completion({ baseUrl: handle.baseUrl })
         assert.strictEqual(refused.status, 401)
