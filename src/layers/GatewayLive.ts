@@ -40,34 +40,28 @@ export interface GatewayOptions {
 
 type Failure = RunFailure | GatewayError
 
-/** The HTTP answer to each typed failure: status, and whether it carries `Retry-After`. */
-export const statusOf = (error: Failure): { readonly status: number; readonly retry: boolean } => {
-  switch (error._tag) {
-    case "GatewayError":
-      switch (error.reason) {
-        case "not_found":
-          return { status: 404, retry: false }
-        case "misdirected_request":
-          return { status: 421, retry: false }
-        case "origin_not_allowed":
-          return { status: 403, retry: false }
-        case "unauthorized":
-          return { status: 401, retry: false }
-        case "body_too_large":
-          return { status: 413, retry: false }
-        case "invalid_body":
-          return { status: 400, retry: false }
-        case "upstream_failed":
-          return { status: 502, retry: false }
-      }
-      break
-    case "RuntimeExitedError":
-      return { status: 502, retry: false }
-    default:
-      // Not ready, draining, queue full or timed out, resources over limit, circuit open.
-      return { status: 503, retry: true }
-  }
+/** The status of each refusal the gateway makes itself. */
+const GATEWAY_STATUS: Record<GatewayError["reason"], number> = {
+  not_found: 404,
+  misdirected_request: 421,
+  origin_not_allowed: 403,
+  unauthorized: 401,
+  body_too_large: 413,
+  invalid_body: 400,
+  upstream_failed: 502
 }
+
+/**
+ * The HTTP answer to each typed failure: status, and whether it carries `Retry-After`. Anything
+ * from the manager but a runtime exit (not ready, draining, queue full or timed out, resources
+ * over limit, circuit open) is "try again shortly".
+ */
+export const statusOf = (error: Failure): { readonly status: number; readonly retry: boolean } =>
+  error._tag === "GatewayError"
+    ? { status: GATEWAY_STATUS[error.reason], retry: false }
+    : error._tag === "RuntimeExitedError"
+    ? { status: 502, retry: false }
+    : { status: 503, retry: true }
 
 const errorResponse = (error: Failure, retryAfterSeconds: number) => {
   const { retry, status } = statusOf(error)

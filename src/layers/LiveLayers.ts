@@ -16,13 +16,12 @@ import * as SpawnerLive from "./SpawnerLive.js"
 const services = Layer.unwrapEffect(
   Effect.gen(function*() {
     const manager = yield* RuntimeManagerConfig
-    const download = yield* DownloaderLive.DownloaderConfig
     const runtime = yield* SpawnerLive.SpawnerConfig
-    const extraCaCertificates = yield* DownloaderLive.readCaFiles(download.caFiles)
     return RuntimeManagerLive.layer(manager).pipe(
       Layer.provide(
         Layer.mergeAll(
-          DownloaderLive.layer({ ...download, allowedSources: manager.allowedSources, extraCaCertificates }),
+          // Same `allowedSources` key as the manager's, so every redirect hop meets the same allowlist.
+          DownloaderLive.layerConfig,
           SpawnerLive.layer({
             kind: runtime.kind,
             binary: runtime.binary,
