@@ -22,6 +22,7 @@ import {
   HttpServerRequest,
   HttpServerResponse
 } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Chunk, Config, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
 import { timingSafeEqual } from "node:crypto"
 import { GatewayError } from "../services/Errors.js"
@@ -108,17 +109,45 @@ const parseObject = (body: Uint8Array) =>
   )
 
 /**
+ * A response whose status has already gone out cannot become a 502. When its upstream fails
+ * part-way (the runtime exited, or its connection broke), the client must still see a failure,
+ * never a clean but short answer: an event stream gets a final `error` event (what OpenAI-style
+ * clients raise), and then the connection is closed without the body's terminating chunk, so every
+ * HTTP client reports the answer as cut off.
+ */
+const cutOff = (request: HttpServerRequest.HttpServerRequest, eventStream: boolean, error: Failure) =>
+  Stream.execute(
+    Effect.async<void>((resume) => {
+      const response = NodeHttpServerRequest.toServerResponse(request)
+      const destroy = () => {
+        response.socket?.destroy()
+        resume(Effect.void)
+      }
+      if (!eventStream) return destroy()
+      const event = JSON.stringify({ error: { type: error.reason, message: error.message } })
+      // A blank line first ends any event the runtime left half-written.
+      response.write(`\n\ndata: ${event}\n\n`, destroy)
+    }).pipe(
+      // The closed socket interrupts this request's fiber; the server must not end the body cleanly first.
+      Effect.zipRight(Effect.never)
+    )
+  )
+
+/**
  * Forward one request through the manager and stream the answer back. The manager's slot is held
  * by a fiber that waits until the response stream ends, fails or is interrupted (the client went
  * away); interrupting the handler interrupts that fiber, whose scope aborts the upstream request.
+ * If the run fails before the answer's head (the runtime exited, or never answered) that failure
+ * is the response; if it fails after, the stream is cut off (see `cutOff`).
  */
 const forward = (
+  request: HttpServerRequest.HttpServerRequest,
   manager: RuntimeManager["Type"],
   client: HttpClient.HttpClient,
   build: (endpoint: RuntimeEndpoint) => HttpClientRequest.HttpClientRequest
 ) =>
   Effect.gen(function*() {
-    const answer = yield* Deferred.make<HttpClientResponse.HttpClientResponse, Failure>()
+    const answer = yield* Deferred.make<HttpClientResponse.HttpClientResponse>()
     const finished = yield* Deferred.make<void>()
     const holder = yield* Effect.forkDaemon(
       manager.run((endpoint) =>
@@ -129,17 +158,28 @@ const forward = (
           yield* Deferred.succeed(answer, response)
           yield* Deferred.await(finished)
         }).pipe(Effect.scoped)
-      ).pipe(Effect.catchAll((error) => Deferred.fail(answer, error)))
+      )
     )
     const release = Effect.zipRight(Deferred.succeed(finished, undefined), Fiber.await(holder))
-    const response = yield* Deferred.await(answer).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Fiber.interrupt(holder))))
+    // However the request ends (the response written, or never started because the client left),
+    // its scope closes: the slot must come back then at the latest.
+    yield* Effect.addFinalizer(() => Effect.zipRight(Deferred.succeed(finished, undefined), Fiber.interrupt(holder)))
+    // The run only succeeds once `finished` is set, so joining it here can only fail.
+    const failed = Effect.zipRight(Fiber.join(holder), Effect.never)
+    const response = yield* Effect.raceFirst(Deferred.await(answer), failed).pipe(
+      Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Fiber.interrupt(holder)))
+    )
     const headers: Record<string, string> = {}
     for (const name of PASSED_HEADERS) {
       const value = response.headers[name]
       if (value !== undefined) headers[name] = value
     }
+    const eventStream = (headers["content-type"] ?? "").startsWith("text/event-stream")
     const body = response.stream.pipe(
-      Stream.catchAll(() => Stream.empty),
+      Stream.mapError((): Failure => new GatewayError({ reason: "upstream_failed" })),
+      // A runtime that exits mid-answer fails the run: end the stream with its reason.
+      Stream.interruptWhen(failed),
+      Stream.catchAll((error) => cutOff(request, eventStream, error)),
       Stream.ensuring(release)
     )
     return HttpServerResponse.stream(body, { status: response.status, headers })
@@ -161,7 +201,7 @@ export const makeApp = (options: GatewayOptions = {}) =>
     const inference = (request: HttpServerRequest.HttpServerRequest, path: string) =>
       Effect.gen(function*() {
         const body = yield* parseObject(yield* readBody(request, limit))
-        return yield* forward(manager, client, (endpoint) =>
+        return yield* forward(request, manager, client, (endpoint) =>
           HttpClientRequest.post(`${endpoint.baseUrl}${path}`).pipe(
             HttpClientRequest.bearerToken(Redacted.value(endpoint.apiKey)),
             HttpClientRequest.bodyUnsafeJson(body)
@@ -189,7 +229,7 @@ export const makeApp = (options: GatewayOptions = {}) =>
         if (given === undefined || !sameToken(given, Redacted.value(options.token))) return yield* refuse("unauthorized")
       }
       if (key === "GET /v1/models") {
-        return yield* forward(manager, client, (endpoint) =>
+        return yield* forward(request, manager, client, (endpoint) =>
           HttpClientRequest.get(`${endpoint.baseUrl}/v1/models`).pipe(
             HttpClientRequest.bearerToken(Redacted.value(endpoint.apiKey))
           ))
@@ -197,7 +237,12 @@ export const makeApp = (options: GatewayOptions = {}) =>
       return yield* inference(request, path)
     })
 
-    return route.pipe(Effect.catchAll((error) => Effect.succeed(errorResponse(error, retryAfter))))
+    // The server runs handlers uninterruptibly; a client that leaves while its request waits for a
+    // slot, or for the runtime's first byte, must interrupt it.
+    return route.pipe(
+      Effect.catchAll((error) => Effect.succeed(errorResponse(error, retryAfter))),
+      Effect.interruptible
+    )
   })
 
 /** Serve the gateway on the HttpServer in context (with its own routes beside it, if any). */

@@ -7,7 +7,7 @@ import { createServer, request as httpRequest } from "node:http"
 import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import { HttpServer } from "@effect/platform"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Redacted, Schedule } from "effect"
+import { Effect, Fiber, Layer, Redacted, Runtime, Schedule } from "effect"
 import * as GatewayLive from "../../src/layers/GatewayLive.js"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
@@ -53,6 +53,65 @@ const call = (
     }
     req.end()
   })
+
+interface StandIn {
+  readonly port: number
+  /** One entry per upstream request: whether it was closed before the stand-in finished it. */
+  readonly aborted: Array<boolean>
+  readonly auth: Array<string | undefined>
+}
+
+/**
+ * A runtime stand-in on a loopback port. `sse` sends one server-sent event every 50 ms and never
+ * finishes; `silent` takes the request and never answers.
+ */
+const standIn = (mode: "sse" | "silent") =>
+  Effect.acquireRelease(
+    Effect.async<StandIn & { close: () => void }>((resume) => {
+      const aborted: Array<boolean> = []
+      const auth: Array<string | undefined> = []
+      const server = createServer((req, res) => {
+        auth.push(req.headers.authorization)
+        let timer: NodeJS.Timeout | undefined
+        if (mode === "sse") {
+          res.writeHead(200, { "content-type": "text/event-stream" })
+          let n = 0
+          timer = setInterval(() => res.write(`data: {"n":${n++}}\n\n`), 50)
+        }
+        res.on("close", () => {
+          clearInterval(timer)
+          aborted.push(!res.writableFinished)
+        })
+      })
+      server.listen(0, "127.0.0.1", () => {
+        const address = server.address()
+        resume(Effect.succeed({
+          port: typeof address === "object" && address !== null ? address.port : 0,
+          aborted,
+          auth,
+          close: () => {
+            server.closeAllConnections()
+            server.close()
+          }
+        }))
+      })
+    }),
+    (u) => Effect.sync(u.close)
+  ).pipe(
+    Effect.tap((u) => Effect.flatMap(SpawnerControl, (c) => c.setBehaviour({ baseUrl: `http://127.0.0.1:${u.port}` })))
+  )
+
+/** Wait (bounded) until the manager has no request in flight. */
+const slotsFreed = Effect.flatMap(RuntimeManager, (manager) =>
+  Effect.flatMap(manager.status, (s) => (s.inFlight === 0 ? Effect.void : Effect.fail("busy"))).pipe(
+    Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("3 seconds")))
+  ))
+
+/** Wait (bounded) until the manager has a request in flight. */
+const oneInFlight = Effect.flatMap(RuntimeManager, (manager) =>
+  Effect.flatMap(manager.status, (s) => (s.inFlight === 1 ? Effect.void : Effect.fail("idle"))).pipe(
+    Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("3 seconds")))
+  ))
 
 const serverLayer = NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })
 
@@ -183,39 +242,8 @@ describe("Gateway (in-memory manager, real socket)", () => {
 
   it.scopedLive("streams the runtime's events as they come, and a client that leaves aborts upstream and frees the slot", () =>
     Effect.gen(function*() {
-      // A runtime stand-in that sends one server-sent event every 50 ms and never finishes.
-      const upstream = yield* Effect.acquireRelease(
-        Effect.async<{ port: number; aborted: Array<boolean>; auth: Array<string | undefined>; close: () => void }>((resume) => {
-          const aborted: Array<boolean> = []
-          const auth: Array<string | undefined> = []
-          const server = createServer((req, res) => {
-            auth.push(req.headers.authorization)
-            res.writeHead(200, { "content-type": "text/event-stream" })
-            let n = 0
-            const timer = setInterval(() => res.write(`data: {"n":${n++}}\n\n`), 50)
-            res.on("close", () => {
-              clearInterval(timer)
-              aborted.push(!res.writableFinished)
-            })
-          })
-          server.listen(0, "127.0.0.1", () => {
-            const address = server.address()
-            resume(Effect.succeed({
-              port: typeof address === "object" && address !== null ? address.port : 0,
-              aborted,
-              auth,
-              close: () => {
-                server.closeAllConnections()
-                server.close()
-              }
-            }))
-          })
-        }),
-        (u) => Effect.sync(u.close)
-      )
-      yield* (yield* SpawnerControl).setBehaviour({ baseUrl: `http://127.0.0.1:${upstream.port}` })
+      const upstream = yield* standIn("sse")
       yield* start
-      const manager = yield* RuntimeManager
       const port = yield* portOf
       const events = yield* Effect.async<Array<string>, Error>((resume) => {
         const req = httpRequest({ host: "127.0.0.1", port, method: "POST", path: "/v1/chat/completions", headers: { host: `127.0.0.1:${port}` } }, (res) => {
@@ -238,11 +266,88 @@ describe("Gateway (in-memory manager, real socket)", () => {
         Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (done) => done }),
         Effect.timeout("3 seconds")
       )
-      yield* Effect.flatMap(manager.status, (s) => (s.inFlight === 0 ? Effect.void : Effect.fail("busy"))).pipe(
-        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("3 seconds")))
-      )
+      yield* slotsFreed
       // The runtime got the per-spawn key; the client never sent one.
       assert.match(upstream.auth[0] ?? "", /^Bearer test-key-\d+$/)
+    }).pipe(Effect.provide(gateway())))
+
+  it.scopedLive("a client that leaves while queued for a slot, or waiting for the first byte, lets go of both", () =>
+    Effect.gen(function*() {
+      const upstream = yield* standIn("silent")
+      yield* start
+      const manager = yield* RuntimeManager
+      const port = yield* portOf
+      const send = Effect.sync(() => {
+        const req = httpRequest({ host: "127.0.0.1", port, method: "POST", path: "/v1/completions", headers: { host: `127.0.0.1:${port}` } })
+        req.on("error", () => {})
+        req.end(JSON.stringify({ prompt: "x" }))
+        return req
+      })
+      const first = yield* send
+      yield* oneInFlight
+      const second = yield* send
+      yield* Effect.flatMap(manager.status, (s) => (s.queued === 1 ? Effect.void : Effect.fail("not queued"))).pipe(
+        Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("3 seconds")))
+      )
+      second.destroy()
+      yield* Effect.flatMap(manager.status, (s) => (s.queued === 0 && s.inFlight === 1 ? Effect.void : Effect.fail("still queued"))).pipe(
+        Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("3 seconds")))
+      )
+      first.destroy()
+      yield* slotsFreed
+      // The upstream request of the first was aborted; the second never reached the runtime.
+      yield* Effect.sync(() => upstream.aborted.length).pipe(
+        Effect.repeat({ schedule: Schedule.spaced("10 millis"), until: (n) => n === 1 }),
+        Effect.timeout("3 seconds")
+      )
+      assert.deepStrictEqual(upstream.aborted, [true])
+    }).pipe(Effect.provide(gateway({}, { admission: { maxInFlight: 1, queueBound: 4 } }))))
+
+  it.scopedLive("a runtime that exits before answering is 502 runtime_exited", () =>
+    Effect.gen(function*() {
+      yield* standIn("silent")
+      yield* start
+      const port = yield* portOf
+      const pending = yield* Effect.fork(call(port, { method: "POST", path: "/v1/chat/completions", body: JSON.stringify({ messages: [] }) }))
+      yield* oneInFlight
+      yield* Effect.flatMap(Effect.flatMap(SpawnerControl, (c) => c.latest), (runtime) => runtime.crash())
+      const answer = yield* Fiber.join(pending)
+      assert.strictEqual(answer.status, 502)
+      assert.strictEqual(errorType(answer), "runtime_exited")
+      assert.isUndefined(answer.headers["retry-after"])
+      yield* slotsFreed
+    }).pipe(Effect.provide(gateway())))
+
+  it.scopedLive("a runtime that exits mid-stream: a final error event, then the answer is cut off, never ended cleanly", () =>
+    Effect.gen(function*() {
+      yield* standIn("sse")
+      yield* start
+      const port = yield* portOf
+      const crash = Effect.flatMap(Effect.flatMap(SpawnerControl, (c) => c.latest), (runtime) => runtime.crash())
+      const runtime = yield* Effect.runtime<SpawnerControl>()
+      const outcome = yield* Effect.async<{ text: string; ended: boolean }>((resume) => {
+        const req = httpRequest({ host: "127.0.0.1", port, method: "POST", path: "/v1/chat/completions", headers: { host: `127.0.0.1:${port}` } }, (res) => {
+          let text = ""
+          let crashed = false
+          res.on("data", (d: Buffer) => {
+            text += d.toString()
+            if (!crashed && text.includes("data: {\"n\":1}")) {
+              crashed = true
+              Runtime.runFork(runtime)(crash)
+            }
+          })
+          res.on("end", () => resume(Effect.succeed({ text, ended: true })))
+          res.on("error", () => resume(Effect.succeed({ text, ended: false })))
+        })
+        req.on("error", () => {})
+        req.end(JSON.stringify({ messages: [], stream: true }))
+      })
+      assert.isFalse(outcome.ended, "a cut-off answer must not look complete")
+      const last = outcome.text.trim().split("\n\n").at(-1) ?? ""
+      assert.deepStrictEqual(JSON.parse(last.replace(/^data: /, "")), {
+        error: { type: "runtime_exited", message: "The runtime process exited while the request was running." }
+      })
+      yield* slotsFreed
     }).pipe(Effect.provide(gateway())))
 
   it("maps every typed failure to its status", () => {

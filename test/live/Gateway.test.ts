@@ -3,7 +3,7 @@
  * `openai` npm package, non-streaming and streaming; and a client that disconnects mid-stream.
  */
 import { createServer, request as httpRequest } from "node:http"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { HttpServer } from "@effect/platform"
@@ -36,6 +36,19 @@ afterAll(async () => {
 })
 
 const TOKEN = "client-token-for-tests"
+
+/** The llama-server processes this test process spawned (its direct children, by name). */
+const runtimePids = () =>
+  readdirSync("/proc").filter((name) => /^\d+$/.test(name)).map(Number).filter((pid) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"))
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
+      return comm === "llama-server" && ppid === process.pid
+    } catch {
+      return false
+    }
+  })
 
 /** Gateway + the whole live stack from a ConfigProvider, on an ephemeral loopback port. */
 const stack = () => {
@@ -123,6 +136,37 @@ describe("live: gateway in front of llama-server", () => {
       const again = yield* Effect.promise(() =>
         new OpenAI({ baseURL: `${url.origin}/v1`, apiKey: TOKEN, maxRetries: 0 }).completions.create({ model: "tiny", prompt: "x", max_tokens: 2 }))
       assert.strictEqual(again.object, "text_completion")
+      yield* manager.drain("10 seconds")
+    }).pipe(Effect.provide(stack())), 120_000)
+  it.live("the runtime killed mid-stream: the openai client raises an error, never a short but clean answer", () =>
+    Effect.gen(function*() {
+      const manager = yield* RuntimeManager
+      yield* manager.start
+      const url = yield* baseUrl
+      const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: TOKEN, maxRetries: 0, timeout: 30_000 })
+      const outcome = yield* Effect.promise(async () => {
+        const stream = await client.completions.create({
+          model: "tiny", prompt: "Once upon a time", max_tokens: 2000, stream: true,
+          // llama.cpp's own knob: generate to max_tokens.
+          ...({ ignore_eos: true } as object)
+        })
+        let chunks = 0
+        try {
+          for await (const _ of stream) {
+            if (++chunks === 1) for (const pid of runtimePids()) process.kill(pid, "SIGKILL")
+          }
+          return { chunks, error: undefined }
+        } catch (error) {
+          return { chunks, error: error as { error?: { type?: string } } }
+        }
+      })
+      assert.isDefined(outcome.error, `the stream ended cleanly after ${outcome.chunks} chunks`)
+      // Which is seen first, the process's exit or its connection breaking, is a race; both are typed.
+      assert.include(["runtime_exited", "upstream_failed"], outcome.error?.error?.type)
+      // The slot is back, and the supervisor brings a new runtime up.
+      yield* Effect.flatMap(manager.status, (s) => (s.inFlight === 0 && s.state === "ready" ? Effect.void : Effect.fail("busy"))).pipe(
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("30 seconds")))
+      )
       yield* manager.drain("10 seconds")
     }).pipe(Effect.provide(stack())), 120_000)
 })
