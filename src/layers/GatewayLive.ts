@@ -23,7 +23,7 @@ import {
   HttpServerResponse
 } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Chunk, Config, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { Config, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
 import { timingSafeEqual } from "node:crypto"
 import { GatewayError } from "../services/Errors.js"
 import { type RunFailure, RuntimeManager, type RuntimeEndpoint } from "../services/RuntimeManager.js"
@@ -68,7 +68,15 @@ const errorResponse = (error: Failure, retryAfterSeconds: number) => {
   const { retry, status } = statusOf(error)
   return HttpServerResponse.unsafeJson(
     { error: { type: error.reason, message: error.message } },
-    { status, headers: retry ? { "retry-after": String(retryAfterSeconds) } : {} }
+    {
+      status,
+      headers: retry
+        ? { "retry-after": String(retryAfterSeconds) }
+        // The rest of an oversized body is not worth reading to keep the connection.
+        : error.reason === "body_too_large"
+        ? { connection: "close" }
+        : {}
+    }
   )
 }
 
@@ -81,20 +89,45 @@ const sameToken = (given: string, expected: string) => {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
-/** Read at most `limit` bytes; one more is `body_too_large`. */
+/**
+ * Read at most `limit` bytes; one more is `body_too_large`. Read from Node's request directly:
+ * the platform's body stream destroys the socket when it is left early, and the client would see
+ * a reset instead of the 413. Past the limit the rest is read and discarded (never kept), so the
+ * 413 goes out and the connection then closes cleanly.
+ */
 const readBody = (request: HttpServerRequest.HttpServerRequest, limit: number) =>
-  Effect.gen(function*() {
+  Effect.suspend(() => {
     const declared = Number(request.headers["content-length"])
-    if (Number.isFinite(declared) && declared > limit) return yield* new GatewayError({ reason: "body_too_large" })
-    const parts = yield* request.stream.pipe(
-      Stream.mapError(() => new GatewayError({ reason: "invalid_body" })),
-      Stream.mapAccumEffect(0, (total, chunk) =>
-        total + chunk.length > limit
-          ? Effect.fail(new GatewayError({ reason: "body_too_large" }))
-          : Effect.succeed([total + chunk.length, chunk] as const)),
-      Stream.runCollect
-    )
-    return Buffer.concat(Chunk.toArray(parts))
+    if (Number.isFinite(declared) && declared > limit) return Effect.fail(new GatewayError({ reason: "body_too_large" }))
+    const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+    return Effect.async<Buffer, GatewayError>((resume) => {
+      const parts: Array<Buffer> = []
+      let total = 0
+      const detach = () => {
+        incoming.off("data", onData)
+        incoming.off("end", onEnd)
+        incoming.off("error", onError)
+      }
+      const onData = (chunk: Buffer) => {
+        total += chunk.length
+        if (total <= limit) return void parts.push(chunk)
+        detach()
+        incoming.resume() // flowing with no listener: discarded
+        resume(Effect.fail(new GatewayError({ reason: "body_too_large" })))
+      }
+      const onEnd = () => {
+        detach()
+        resume(Effect.succeed(Buffer.concat(parts)))
+      }
+      const onError = () => {
+        detach()
+        resume(Effect.fail(new GatewayError({ reason: "invalid_body" })))
+      }
+      incoming.on("data", onData)
+      incoming.once("end", onEnd)
+      incoming.once("error", onError)
+      return Effect.sync(detach)
+    })
   })
 
 const parseObject = (body: Uint8Array) =>
