@@ -39,6 +39,7 @@ import {
   HealthError,
   ModelStoreError,
   QueueTimeoutError,
+  type ResourceStatError,
   RuntimeExitedError,
   StartError
 } from "../services/Errors.js"
@@ -541,14 +542,35 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       })
       return restore(wait).pipe(
         Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : leave(waiter))),
-        Effect.map((runtime): Slot => ({ runtime, observation: undefined }))
+        // Handed a slot from the queue: the cached observation serves it too, if still fresh.
+        Effect.flatMap((runtime) => update((s, now): readonly [Slot, State] => [{ runtime, observation: freshObservation(s, now) }, s]))
       )
     })
 
-  /** A fresh observation, kept for the requests that follow within maxObservationAge. */
+  /**
+   * A fresh observation, kept for the requests that follow within maxObservationAge. One at a
+   * time: requests that find one under way wait for it rather than each reading /proc again.
+   * The reading itself is not interruptible (it is bounded), so those waiting always get an answer.
+   */
+  const observing = new Map<Runtime, Deferred.Deferred<ResourcePolicy.ResourceObservation, ResourceStatError>>()
   const observe = (runtime: Runtime) =>
-    Effect.tap(stat.observe(runtime.handle), (value) =>
-      update((s, now) => [undefined, { ...s, observation: { value, at: now } }] as const))
+    Effect.suspend(() => {
+      const underway = observing.get(runtime)
+      if (underway !== undefined) return Deferred.await(underway)
+      const done = Deferred.unsafeMake<ResourcePolicy.ResourceObservation, ResourceStatError>(FiberId.none)
+      observing.set(runtime, done)
+      return stat.observe(runtime.handle).pipe(
+        Effect.tap((value) => update((s, now) => [undefined, { ...s, observation: { value, at: now } }] as const)),
+        Effect.exit,
+        Effect.flatMap((exit) =>
+          Effect.sync(() => {
+            observing.delete(runtime)
+            Deferred.unsafeDone(done, exit)
+          }).pipe(Effect.zipRight(exit))
+        ),
+        Effect.uninterruptible
+      )
+    })
 
   const countRejection = (error: RunFailure) =>
     Metric.increment(Metric.tagged(metrics.rejections, "reason", error.reason))

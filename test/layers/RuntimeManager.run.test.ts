@@ -117,6 +117,45 @@ describe("RuntimeManager.run", () => {
       assert.strictEqual(yield* stat.calls, 2)
     }).pipe(Effect.provide(managerLayer())))
 
+  it.effect("requests arriving while an observation is under way wait for it instead of each taking one", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const stat = yield* ResourceStatControl
+      yield* stat.latency("20 millis")
+      const both = yield* Effect.fork(Effect.all([manager.run(() => Effect.succeed(1)), manager.run(() => Effect.succeed(2))], { concurrency: 2 }))
+      yield* TestClock.adjust("20 millis")
+      assert.deepStrictEqual(yield* Fiber.join(both), [1, 2])
+      assert.strictEqual(yield* stat.calls, 1)
+      // A failed observation reaches everyone who waited for it, and is not kept.
+      yield* TestClock.adjust("101 millis")
+      yield* stat.observations(new ResourceStatError({ reason: "stat_failed" }))
+      const failing = yield* Effect.fork(Effect.all([Effect.exit(manager.run(() => Effect.void)), Effect.exit(manager.run(() => Effect.void))], { concurrency: 2 }))
+      yield* TestClock.adjust("20 millis")
+      const exits = yield* Fiber.join(failing)
+      assert.isTrue(exits.every(Exit.isFailure))
+      assert.strictEqual(yield* stat.calls, 2)
+      yield* stat.observations()
+      yield* manager.run(() => Effect.void).pipe(Effect.fork, Effect.zipLeft(TestClock.adjust("20 millis")), Effect.flatMap(Fiber.join))
+      assert.strictEqual(yield* stat.calls, 3)
+      assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [0, 0])
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("a request handed a slot from the queue uses the fresh observation", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const stat = yield* ResourceStatControl
+      const gate = yield* Deferred.make<void>()
+      const running = yield* Effect.forEach([1, 2], () => Effect.fork(manager.run(() => Deferred.await(gate))))
+      yield* Effect.yieldNow()
+      const queued = yield* Effect.fork(manager.run(() => Effect.succeed("from the queue")))
+      yield* Effect.yieldNow()
+      assert.strictEqual((yield* manager.status).queued, 1)
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(Fiber.zip(running[0]!, running[1]!))
+      assert.strictEqual(yield* Fiber.join(queued), "from the queue")
+      assert.strictEqual(yield* stat.calls, 1)
+    }).pipe(Effect.provide(managerLayer())))
+
   it.effect("counts admissions and rejections by reason", () =>
     Effect.gen(function*() {
       const manager = yield* startReady
