@@ -14,17 +14,11 @@
  *
  * Every refusal is `{ "error": { "type": <reason>, "message": <fixed text> } }`: no input echoed.
  */
-import {
-  HttpClient,
-  HttpClientRequest,
-  type HttpClientResponse,
-  HttpServer,
-  HttpServerRequest,
-  HttpServerResponse
-} from "@effect/platform"
+import { HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Config, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { Config, Effect, Layer, Option, Redacted, Scope } from "effect"
 import { timingSafeEqual } from "node:crypto"
+import { Agent, type ClientRequest, type IncomingMessage, request as httpRequest, type ServerResponse } from "node:http"
 import { GatewayError } from "../services/Errors.js"
 import { type RunFailure, RuntimeManager, type RuntimeEndpoint } from "../services/RuntimeManager.js"
 
@@ -141,6 +135,72 @@ const parseObject = (body: Uint8Array) =>
     )
   )
 
+/** The hop to the runtime: loopback HTTP with a kept-alive connection pool of its own. */
+interface Upstream {
+  readonly agent: Agent
+}
+
+/**
+ * One request to the runtime; its answer's head, or `upstream_failed`. Scoped: leaving the scope
+ * before the answer has been read to its end aborts the request (the runtime stops generating).
+ * The wait for the head is interruptible. A kept-alive connection the runtime closed just as it was
+ * reused fails before the runtime saw anything: that one case is tried once more on a new one.
+ */
+const send = (upstream: Upstream, endpoint: RuntimeEndpoint, method: "GET" | "POST", path: string, body?: Buffer) =>
+  Effect.gen(function*() {
+    let outgoing: ClientRequest | undefined
+    let answer: IncomingMessage | undefined
+    // Scope.addFinalizer, not Effect.addFinalizer: the latter diffs the fiber's refs, a cost on the hot path.
+    yield* Scope.addFinalizer(yield* Effect.scope, Effect.sync(() => answer?.complete === true || outgoing?.destroy()))
+    return yield* Effect.async<IncomingMessage, GatewayError>((resume) => {
+      const headers: Record<string, string | number> = { authorization: `Bearer ${Redacted.value(endpoint.apiKey)}` }
+      if (body !== undefined) {
+        headers["content-type"] = "application/json"
+        headers["content-length"] = body.length
+      }
+      const attempt = (mayRetry: boolean) => {
+        const current = httpRequest(`${endpoint.baseUrl}${path}`, { method, agent: upstream.agent, headers })
+        outgoing = current
+        current.once("response", (head) => {
+          answer = head
+          resume(Effect.succeed(head))
+        })
+        current.on("error", () => {
+          if (answer !== undefined || outgoing !== current) return
+          if (mayRetry && current.reusedSocket) return attempt(false)
+          resume(Effect.fail(new GatewayError({ reason: "upstream_failed" })))
+        })
+        current.end(body)
+      }
+      attempt(true)
+    })
+  })
+
+/**
+ * Copy the runtime's answer to the client as it comes, with backpressure both ways: status, the
+ * passed headers, then each chunk. Succeeds once the client's response has ended; fails if the
+ * runtime's answer stops short.
+ */
+const relay = (answer: IncomingMessage, response: ServerResponse) =>
+  Effect.async<void, GatewayError>((resume) => {
+    for (const name of PASSED_HEADERS) {
+      const value = answer.headers[name]
+      // Set one by one, not in writeHead: `cutOff` reads the content type back.
+      if (typeof value === "string") response.setHeader(name, value)
+    }
+    response.writeHead(answer.statusCode ?? 502)
+    answer.on("data", (chunk: Buffer) => {
+      if (response.destroyed) return answer.destroy()
+      if (!response.write(chunk)) {
+        answer.pause()
+        response.once("drain", () => answer.resume())
+      }
+    })
+    answer.on("error", () => {}) // judged on close
+    answer.once("end", () => response.end(() => resume(Effect.void)))
+    answer.once("close", () => answer.complete || resume(Effect.fail(new GatewayError({ reason: "upstream_failed" }))))
+  })
+
 /**
  * A response whose status has already gone out cannot become a 502. When its upstream fails
  * part-way (the runtime exited, or its connection broke), the client must still see a failure,
@@ -148,80 +208,53 @@ const parseObject = (body: Uint8Array) =>
  * clients raise), and then the connection is closed without the body's terminating chunk, so every
  * HTTP client reports the answer as cut off.
  */
-const cutOff = (request: HttpServerRequest.HttpServerRequest, eventStream: boolean, error: Failure) =>
-  Stream.execute(
-    Effect.async<void>((resume) => {
-      const response = NodeHttpServerRequest.toServerResponse(request)
-      const destroy = () => {
-        response.socket?.destroy()
-        resume(Effect.void)
-      }
-      if (!eventStream) return destroy()
-      const event = JSON.stringify({ error: { type: error.reason, message: error.message } })
-      // A blank line first ends any event the runtime left half-written.
-      response.write(`\n\ndata: ${event}\n\n`, destroy)
-    }).pipe(
-      // The closed socket interrupts this request's fiber; the server must not end the body cleanly first.
-      Effect.zipRight(Effect.never)
-    )
-  )
+const cutOff = (response: ServerResponse, error: Failure) =>
+  Effect.async<never>(() => {
+    const destroy = () => {
+      response.socket?.destroy()
+    }
+    const eventStream = String(response.getHeader("content-type") ?? "").startsWith("text/event-stream")
+    if (!eventStream || response.destroyed) return destroy()
+    const event = JSON.stringify({ error: { type: error.reason, message: error.message } })
+    // A blank line first ends any event the runtime left half-written.
+    response.write(`\n\ndata: ${event}\n\n`, destroy)
+    // Never resumed: the closed socket interrupts this request's fiber.
+  })
 
 /**
- * Forward one request through the manager and stream the answer back. The manager's slot is held
- * by a fiber that waits until the response stream ends, fails or is interrupted (the client went
- * away); interrupting the handler interrupts that fiber, whose scope aborts the upstream request.
- * If the run fails before the answer's head (the runtime exited, or never answered) that failure
- * is the response; if it fails after, the stream is cut off (see `cutOff`).
+ * Forward one request through the manager and relay the answer, all inside `RuntimeManager.run`,
+ * so the slot is held exactly as long as the relay. Interrupting it (the client left, or the
+ * runtime exited and the manager stopped its requests) closes its scope, which aborts the upstream
+ * request. A failure before the answer's head is the response (502, 503); after it, the answer is
+ * cut off.
  */
 const forward = (
   request: HttpServerRequest.HttpServerRequest,
   manager: RuntimeManager["Type"],
-  client: HttpClient.HttpClient,
-  build: (endpoint: RuntimeEndpoint) => HttpClientRequest.HttpClientRequest
-) =>
-  Effect.gen(function*() {
-    const answer = yield* Deferred.make<HttpClientResponse.HttpClientResponse>()
-    const finished = yield* Deferred.make<void>()
-    const holder = yield* Effect.forkDaemon(
-      manager.run((endpoint) =>
-        Effect.gen(function*() {
-          const response = yield* client.execute(build(endpoint)).pipe(
-            Effect.mapError(() => new GatewayError({ reason: "upstream_failed" }))
-          )
-          yield* Deferred.succeed(answer, response)
-          yield* Deferred.await(finished)
-        }).pipe(Effect.scoped)
-      )
-    )
-    const release = Effect.zipRight(Deferred.succeed(finished, undefined), Fiber.await(holder))
-    // However the request ends (the response written, or never started because the client left),
-    // its scope closes: the slot must come back then at the latest.
-    yield* Effect.addFinalizer(() => Effect.zipRight(Deferred.succeed(finished, undefined), Fiber.interrupt(holder)))
-    // The run only succeeds once `finished` is set, so joining it here can only fail.
-    const failed = Effect.zipRight(Fiber.join(holder), Effect.never)
-    const response = yield* Effect.raceFirst(Deferred.await(answer), failed).pipe(
-      Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Fiber.interrupt(holder)))
-    )
-    const headers: Record<string, string> = {}
-    for (const name of PASSED_HEADERS) {
-      const value = response.headers[name]
-      if (value !== undefined) headers[name] = value
-    }
-    const eventStream = (headers["content-type"] ?? "").startsWith("text/event-stream")
-    const body = response.stream.pipe(
-      Stream.mapError((): Failure => new GatewayError({ reason: "upstream_failed" })),
-      // A runtime that exits mid-answer fails the run: end the stream with its reason.
-      Stream.interruptWhen(failed),
-      Stream.catchAll((error) => cutOff(request, eventStream, error)),
-      Stream.ensuring(release)
-    )
-    return HttpServerResponse.stream(body, { status: response.status, headers })
-  })
+  upstream: Upstream,
+  method: "GET" | "POST",
+  path: string,
+  body?: Buffer
+) => {
+  const response = NodeHttpServerRequest.toServerResponse(request)
+  return manager.run((endpoint) =>
+    Effect.flatMap(send(upstream, endpoint, method, path, body), (answer) => relay(answer, response)).pipe(Effect.scoped)
+  ).pipe(
+    Effect.catchAll((error) => (response.headersSent ? cutOff(response, error) : Effect.fail(error))),
+    // Already sent: the server sees the response ended and writes nothing more.
+    Effect.as(HttpServerResponse.empty())
+  )
+}
 
 export const makeApp = (options: GatewayOptions = {}) =>
   Effect.gen(function*() {
     const manager = yield* RuntimeManager
-    const client = yield* HttpClient.HttpClient
+    const upstream: Upstream = {
+      agent: yield* Effect.acquireRelease(
+        Effect.sync(() => new Agent({ keepAlive: true })),
+        (agent) => Effect.sync(() => agent.destroy())
+      )
+    }
     const server = yield* HttpServer.HttpServer
     const allowedOrigins = new Set(options.allowedOrigins ?? [])
     const limit = options.maxBodyBytes ?? 8 * 1024 * 1024
@@ -233,12 +266,10 @@ export const makeApp = (options: GatewayOptions = {}) =>
 
     const inference = (request: HttpServerRequest.HttpServerRequest, path: string) =>
       Effect.gen(function*() {
-        const body = yield* parseObject(yield* readBody(request, limit))
-        return yield* forward(request, manager, client, (endpoint) =>
-          HttpClientRequest.post(`${endpoint.baseUrl}${path}`).pipe(
-            HttpClientRequest.bearerToken(Redacted.value(endpoint.apiKey)),
-            HttpClientRequest.bodyUnsafeJson(body)
-          ))
+        const body = yield* readBody(request, limit)
+        yield* parseObject(body)
+        // The client's bytes go on as they came, once known to be a JSON object.
+        return yield* forward(request, manager, upstream, "POST", path, body)
       })
 
     const health = Effect.map(manager.status, (status) =>
@@ -262,10 +293,7 @@ export const makeApp = (options: GatewayOptions = {}) =>
         if (given === undefined || !sameToken(given, Redacted.value(options.token))) return yield* refuse("unauthorized")
       }
       if (key === "GET /v1/models") {
-        return yield* forward(request, manager, client, (endpoint) =>
-          HttpClientRequest.get(`${endpoint.baseUrl}/v1/models`).pipe(
-            HttpClientRequest.bearerToken(Redacted.value(endpoint.apiKey))
-          ))
+        return yield* forward(request, manager, upstream, "GET", "/v1/models")
       }
       return yield* inference(request, path)
     })

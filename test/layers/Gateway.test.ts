@@ -184,6 +184,21 @@ describe("Gateway (in-memory manager, real socket)", () => {
       assert.deepStrictEqual(upstream.aborted, [true])
     }).pipe(Effect.provide(gateway({}, { admission: { maxInFlight: 1, queueBound: 4 } }))))
 
+  it.scopedLive("a kept-alive connection the runtime dropped is retried once on a new one", () =>
+    Effect.gen(function*() {
+      const upstream = yield* standIn("one-per-connection")
+      yield* start
+      const port = yield* portOf
+      const body = JSON.stringify({ prompt: "x" })
+      for (let i = 0; i < 3; i++) {
+        const answer = yield* call(port, { method: "POST", path: "/v1/completions", body })
+        assert.strictEqual(answer.status, 200, `request ${i}`)
+      }
+      // Each request after the first found its connection dropped, and went again on a new one.
+      assert.strictEqual(upstream.auth.length, 5)
+      yield* slotsFreed
+    }).pipe(Effect.provide(gateway())))
+
   it.scopedLive("a runtime that exits before answering is 502 runtime_exited", () =>
     Effect.gen(function*() {
       yield* standIn("silent")

@@ -61,17 +61,24 @@ export interface StandIn {
 
 /**
  * A runtime stand-in on a loopback port. `sse` sends one server-sent event every 50 ms and never
- * finishes; `silent` takes the request and never answers; `json` answers `{"ok":true}` at once.
+ * finishes; `silent` takes the request and never answers; `json` answers `{"ok":true}` at once;
+ * `one-per-connection` answers like `json` but drops a kept-alive connection when it is reused,
+ * without answering (as a server whose keep-alive timeout just ran out).
  */
-export const standIn = (mode: "sse" | "silent" | "json") =>
+export const standIn = (mode: "sse" | "silent" | "json" | "one-per-connection") =>
   Effect.acquireRelease(
     Effect.async<StandIn & { close: () => void }>((resume) => {
       const aborted: Array<boolean> = []
       const auth: Array<string | undefined> = []
       const server = createServer((req, res) => {
         auth.push(req.headers.authorization)
+        if (mode === "one-per-connection") {
+          const socket = req.socket as typeof req.socket & { served?: boolean }
+          if (socket.served === true) return socket.destroy()
+          socket.served = true
+        }
         let timer: NodeJS.Timeout | undefined
-        if (mode === "json") {
+        if (mode === "json" || mode === "one-per-connection") {
           res.writeHead(200, { "content-type": "application/json" })
           res.end("{\"ok\":true}")
         } else if (mode === "sse") {
