@@ -74,8 +74,12 @@ const errorResponse = (error: Failure, retryAfterSeconds: number) => {
   )
 }
 
-/** Headers passed from the runtime's answer; hop-by-hop and length headers are the server's business. */
-const PASSED_HEADERS = ["content-type", "cache-control"]
+/**
+ * Headers passed from the runtime's answer; hop-by-hop ones are the server's business. The length
+ * passes because the bytes pass unchanged: an answer of known length then goes out in one write
+ * instead of a chunked body and its terminator, and one cut short is visibly short.
+ */
+const PASSED_HEADERS = ["content-type", "cache-control", "content-length"]
 
 const sameToken = (given: string, expected: string) => {
   const a = Buffer.from(given)
