@@ -1,0 +1,214 @@
+/**
+ * bench:gateway — tiny-model completions straight to llama-server vs through the gateway, in one
+ * run, at concurrency 1, 8 and 32: p50/p99 latency and requests per second. A bare Node proxy (no
+ * checks, no admission, no Effect) is measured beside them as the floor for any proxy in Node on
+ * this machine. All three reach the same runtime process, batch by batch in rotated order, so the
+ * noise of this shared machine falls on each; added latency and the throughput ratio are taken per
+ * round, then the median.
+ * Also: the manager's start-to-ready against the runtime's own spawn-to-first-200 on /health.
+ * Writes docs/benchmarks.md.
+ */
+import { execFileSync, spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
+import { Agent, request } from "node:http"
+import { createInterface } from "node:readline"
+import { machine, median, today, writeSection } from "./report.js"
+
+const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8,32").split(",").map(Number)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6)
+const PER_BATCH = Number(process.env.BENCH_REQUESTS ?? 300)
+const MAX_IN_FLIGHT = 4
+const STARTS = Number(process.env.BENCH_STARTS ?? 9)
+const BODY = JSON.stringify({ prompt: "Hello", max_tokens: 4, temperature: 0 })
+
+const llamaServer = execFileSync(process.execPath, ["scripts/runtime-ensure.mjs"], {
+  encoding: "utf8",
+  stdio: ["ignore", "pipe", "inherit"]
+}).trim().split("\n").at(-1) ?? ""
+
+const server = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []), "--import", "tsx", "bench/gateway-server.ts", llamaServer, String(MAX_IN_FLIGHT), String(STARTS)], {
+  stdio: ["pipe", "pipe", "inherit"]
+})
+const startups: Array<{ startToReady: number; spawnToFirstOk: number }> = []
+const targets = await new Promise<{ gateway: string; proxy: string; direct: string; key: string }>((resolve, reject) => {
+  createInterface({ input: server.stdout! }).on("line", (line) => {
+    const value = JSON.parse(line) as Record<string, unknown>
+    if ("startToReady" in value) startups.push(value as never)
+    else resolve(value as never)
+  })
+  server.once("exit", (code) => reject(new Error(`the bench server exited (${code})`)))
+})
+
+/** CPU seconds the gateway process has used (user + system), from /proc. */
+const serverCpu = (): number => {
+  const stat = readFileSync(`/proc/${server.pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
+const TARGETS = ["direct", "proxy", "gateway"] as const
+type Target = (typeof TARGETS)[number]
+interface Batch {
+  readonly latencies: Array<number>
+  readonly rps: number
+  /** Requests not answered 200, by status (0: no answer). */
+  readonly failed: number
+  readonly failures: Record<number, number>
+  readonly gatewayCpu: number
+}
+
+const agents = new Map<string, Agent>()
+const one = (base: string, key: string | undefined, agent: Agent) =>
+  new Promise<{ ms: number; status: number }>((resolve) => {
+    const url = new URL("/v1/completions", base)
+    const t0 = performance.now()
+    const req = request(url, {
+      method: "POST",
+      agent,
+      headers: {
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(BODY),
+        ...(key === undefined ? {} : { authorization: `Bearer ${key}` })
+      }
+    }, (res) => {
+      res.resume()
+      res.on("end", () => resolve({ ms: performance.now() - t0, status: res.statusCode ?? 0 }))
+    })
+    req.on("error", () => resolve({ ms: performance.now() - t0, status: 0 }))
+    req.end(BODY)
+  })
+
+const batch = async (target: Target, concurrency: number): Promise<Batch> => {
+  const base = targets[target]
+  const key = target === "direct" ? targets.key : undefined
+  const agentKey = `${target}/${concurrency}`
+  if (!agents.has(agentKey)) agents.set(agentKey, new Agent({ keepAlive: true, maxSockets: concurrency }))
+  const agent = agents.get(agentKey)!
+  const latencies: Array<number> = []
+  let failed = 0
+  const failures: Record<number, number> = {}
+  let next = 0
+  const cpu0 = serverCpu()
+  const t0 = performance.now()
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < PER_BATCH) {
+      next++
+      const r = await one(base, key, agent)
+      if (r.status === 200) latencies.push(r.ms)
+      else {
+        failed++
+        failures[r.status] = (failures[r.status] ?? 0) + 1
+      }
+    }
+  }))
+  const seconds = (performance.now() - t0) / 1000
+  if (failed > 0) console.log(`${target} at ${concurrency}: not 200: ${JSON.stringify(failures)}`)
+  return { latencies, rps: latencies.length / seconds, failed, failures, gatewayCpu: serverCpu() - cpu0 }
+}
+
+const quantile = (xs: ReadonlyArray<number>, q: number): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!
+}
+
+interface Row {
+  readonly concurrency: number
+  readonly p50: Record<Target, number>
+  readonly p99: Record<Target, number>
+  readonly rps: Record<Target, number>
+  readonly addedP50: number
+  readonly addedP99: number
+  readonly ratio: number
+  readonly proxyRatio: number
+  readonly failed: number
+  readonly cpuPerRequestUs: { readonly proxy: number; readonly gateway: number }
+}
+
+const rows: Array<Row> = []
+for (const concurrency of CONCURRENCY) {
+  // Warm every path (connections, the runtime's prompt cache) before measuring.
+  for (const target of TARGETS) await batch(target, concurrency)
+  const rounds: Array<Record<Target, Batch>> = []
+  for (let round = 0; round < ROUNDS; round++) {
+    // Each target takes each place in the order in turn.
+    const order = TARGETS.map((_, i) => TARGETS[(i + round) % TARGETS.length]!)
+    const got = {} as Record<Target, Batch>
+    for (const target of order) got[target] = await batch(target, concurrency)
+    rounds.push(got)
+  }
+  const stat = (f: (b: Batch) => number) =>
+    Object.fromEntries(TARGETS.map((t) => [t, median(rounds.map((r) => f(r[t])))])) as Record<Target, number>
+  // The server process idles while the direct batch runs: its CPU there is the baseline to remove.
+  const idleCpu = median(rounds.map((r) => r.direct.gatewayCpu))
+  const cpu = (t: Target) => Math.max(0, (median(rounds.map((r) => r[t].gatewayCpu)) - idleCpu) / PER_BATCH * 1e6)
+  rows.push({
+    concurrency,
+    p50: stat((b) => quantile(b.latencies, 0.5)),
+    p99: stat((b) => quantile(b.latencies, 0.99)),
+    rps: stat((b) => b.rps),
+    addedP50: median(rounds.map((r) => quantile(r.gateway.latencies, 0.5) - quantile(r.direct.latencies, 0.5))),
+    addedP99: median(rounds.map((r) => quantile(r.gateway.latencies, 0.99) - quantile(r.direct.latencies, 0.99))),
+    ratio: median(rounds.map((r) => r.gateway.rps / r.direct.rps)),
+    proxyRatio: median(rounds.map((r) => r.proxy.rps / r.direct.rps)),
+    failed: rounds.reduce((n, r) => n + TARGETS.reduce((m, t) => m + r[t].failed, 0), 0),
+    cpuPerRequestUs: { proxy: cpu("proxy"), gateway: cpu("gateway") }
+  })
+  console.log(JSON.stringify(rows.at(-1)))
+}
+
+server.stdin!.end()
+await new Promise((resolve) => server.once("exit", resolve))
+
+const overhead = startups.map((s) => s.startToReady - s.spawnToFirstOk)
+const ms = (x: number) => x.toFixed(2)
+const yes = (ok: boolean) => (ok ? "met" : "**not met**")
+const worstP50 = Math.max(...rows.map((r) => r.addedP50))
+const worstP99 = Math.max(...rows.map((r) => r.addedP99))
+const worstRatio = Math.min(...rows.map((r) => r.ratio))
+const startOverhead = median(overhead)
+
+writeSection("gateway", `
+## bench:gateway — ${today()}
+
+Machine: ${machine()}. \`npm run bench:gateway\`: ${ROUNDS} rounds × ${PER_BATCH} completions per
+target and concurrency (\`{"prompt":"Hello","max_tokens":4}\` to the tiny model), the targets in
+rotated order each round. One llama-server (\`--parallel ${MAX_IN_FLIGHT}\`, 1 thread) behind all three:
+**direct**; **proxy**, a bare Node \`http\` pipe (no checks, no admission, no Effect: the floor for
+any Node proxy here); **gateway** (\`maxInFlight\` ${MAX_IN_FLIGHT}, queue 64). Proxy and gateway share one
+process (tsx); the load generator runs on the same 2 cores. Latencies in ms; added = gateway −
+direct and ratios are per round, then the median of rounds. CPU / request: the server process's
+CPU during that target's batches, less its CPU during direct batches, per request.
+
+| concurrency | p50 direct / proxy / gateway | added p50 | p99 direct / proxy / gateway | added p99 | rps direct / proxy / gateway | gateway ÷ direct | proxy ÷ direct | CPU / request proxy, gateway |
+|---|---|---|---|---|---|---|---|---|
+${rows.map((r) =>
+  `| ${r.concurrency} | ${ms(r.p50.direct)} / ${ms(r.p50.proxy)} / ${ms(r.p50.gateway)} | ${ms(r.addedP50)} | ${ms(r.p99.direct)} / ${ms(r.p99.proxy)} / ${ms(r.p99.gateway)} | ${ms(r.addedP99)} | ${r.rps.direct.toFixed(0)} / ${r.rps.proxy.toFixed(0)} / ${r.rps.gateway.toFixed(0)} | ${r.ratio.toFixed(3)} | ${r.proxyRatio.toFixed(3)} | ${r.cpuPerRequestUs.proxy.toFixed(0)}, ${r.cpuPerRequestUs.gateway.toFixed(0)} µs |`
+).join("\n")}
+
+Failed requests: ${rows.reduce((n, r) => n + r.failed, 0)}.
+
+Start-up (${startups.length} start → ready → drain cycles, model already verified): start → ready
+${ms(median(startups.map((s) => s.startToReady)))} ms, spawn → the runtime's first 200 on \`/health\`
+(polled every 1 ms on the side) ${ms(median(startups.map((s) => s.spawnToFirstOk)))} ms; the manager's own
+share, median ${ms(startOverhead)} ms (range ${ms(Math.min(...overhead))}–${ms(Math.max(...overhead))}).
+
+What the figures say. The runtime answers a 4-token completion of the tiny model in well under a
+millisecond, so every path is CPU-bound on these 2 shared cores (llama-server's thread, the load
+generator, and the proxy or gateway process), and whatever a hop spends per request comes straight
+off the throughput. Even the bare Node pipe reaches only ${Math.min(...rows.map((r) => r.proxyRatio)).toFixed(3)}–${Math.max(...rows.map((r) => r.proxyRatio)).toFixed(3)} × direct here
+(${rows.filter((r) => r.proxyRatio >= 0.95).map((r) => `≥ 0.95 at concurrency ${r.concurrency}`).join(", ") || "never 0.95"}): with this model on this machine the
+target leaves a hop almost no CPU at all, and the gateway is best read against that floor. Added p50
+per concurrency: ${rows.map((r) => `${r.concurrency} → ${ms(r.addedP50)} ms`).join(", ")}. The gateway spends ${Math.min(...rows.map((r) => r.cpuPerRequestUs.gateway)).toFixed(0)}–${Math.max(...rows.map((r) => r.cpuPerRequestUs.gateway)).toFixed(0)} µs of CPU per request against the pipe's
+${Math.min(...rows.map((r) => r.cpuPerRequestUs.proxy)).toFixed(0)}–${Math.max(...rows.map((r) => r.cpuPerRequestUs.proxy)).toFixed(0)} µs: the Effect HTTP server (request fiber, scope, span), the checks, the body read and
+JSON check, and \`RuntimeManager.run\` (admission, a child fiber, the resource gate). At
+concurrency 8 and 32 the extra CPU also queues requests behind each other, which is most of the
+added latency there. With a real model (tens of ms to seconds per answer) the same few hundred
+µs are well under 1 %. Changes made for this benchmark: the relay went from the Effect HttpClient
+and Stream (≈ 1.3 ms CPU per request in-process) to \`node:http\` with a kept-alive agent
+(≈ 0.25 ms); the manager takes one resource observation at a time and lets queued requests use
+the fresh one (before, each queued request scanned /proc: 10× the CPU at concurrency 8–32).
+
+Targets: added p50 ≤ 0.5 ms — worst ${ms(worstP50)} ms, ${yes(worstP50 <= 0.5)}; added p99 ≤ 2 ms — worst
+${ms(worstP99)} ms, ${yes(worstP99 <= 2)}; throughput ≥ 0.95 × direct — worst ${worstRatio.toFixed(3)},
+${yes(worstRatio >= 0.95)}; start-up share ≤ 50 ms — ${ms(startOverhead)} ms, ${yes(startOverhead <= 50)}.
+`)
