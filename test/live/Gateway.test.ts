@@ -18,6 +18,7 @@ import * as GatewayLive from "../../src/layers/GatewayLive.js"
 import * as LiveLayers from "../../src/layers/LiveLayers.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { sha256Hex } from "../domain/fixtures.js"
+import { CompanionLive } from "./fixtures/readme-embedding.js"
 
 const MODEL = tinyGguf()
 let pki: TestPki
@@ -50,11 +51,11 @@ const runtimePids = () =>
     }
   })
 
-/** Gateway + the whole live stack from a ConfigProvider, on an ephemeral loopback port. */
-const stack = () => {
+/** The live stack's configuration: the tiny model from the local HTTPS origin, the real llama-server. */
+const provider = () => {
   const caFile = join(work, "ca.pem")
   writeFileSync(caFile, pki.caPem)
-  const provider = ConfigProvider.fromJson({
+  return ConfigProvider.fromJson({
     storeDir: join(work, "store"),
     model: { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length, source: `${origin.baseUrl}/models/tiny.gguf` },
     allowedSources: [`${origin.baseUrl}/models/`],
@@ -62,13 +63,16 @@ const stack = () => {
     download: { caFiles: [caFile] },
     runtime: { binary: inject("llamaServer") }
   })
-  return GatewayLive.layer({ token: Redacted.make(TOKEN) }).pipe(
+}
+
+/** Gateway + the whole live stack from a ConfigProvider, on an ephemeral loopback port. */
+const stack = () =>
+  GatewayLive.layer({ token: Redacted.make(TOKEN) }).pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
     Layer.provideMerge(LiveLayers.layer),
     Layer.provide(NodeHttpClient.layerUndici),
-    Layer.provide(Layer.setConfigProvider(provider))
+    Layer.provide(Layer.setConfigProvider(provider()))
   )
-}
 
 const baseUrl = Effect.map(HttpServer.HttpServer, (s) =>
   s.address._tag === "TcpAddress" ? `http://127.0.0.1:${s.address.port}` : "")
@@ -169,4 +173,21 @@ describe("live: gateway in front of llama-server", () => {
       )
       yield* manager.drain("10 seconds")
     }).pipe(Effect.provide(stack())), 120_000)
+  it.live("the README's embedding example, verbatim: serves a completion from its config", () =>
+    Effect.gen(function*() {
+      const readme = readFileSync(join(import.meta.dirname, "../../README.md"), "utf8")
+      const block = /## Embedding\n\n```ts\n([\s\S]*?)```/.exec(readme)?.[1]
+      const fixture = readFileSync(join(import.meta.dirname, "fixtures/readme-embedding.ts"), "utf8")
+      assert.strictEqual(block, fixture.replace("\"../../../src/index.js\"", "\"companion-runtime\""))
+      yield* Effect.gen(function*() {
+        const manager = yield* RuntimeManager
+        yield* manager.start
+        const url = yield* baseUrl
+        const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 })
+        const completion = yield* Effect.promise(() =>
+          client.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello" }], max_tokens: 4 }))
+        assert.strictEqual(completion.object, "chat.completion")
+        yield* manager.drain("10 seconds")
+      }).pipe(Effect.provide(CompanionLive(0).pipe(Layer.provide(Layer.setConfigProvider(provider())))))
+    }), 120_000)
 })
