@@ -139,18 +139,13 @@ const parseObject = (body: Uint8Array) =>
     )
   )
 
-/** The hop to the runtime: loopback HTTP with a kept-alive connection pool of its own. */
-interface Upstream {
-  readonly agent: Agent
-}
-
 /**
  * One request to the runtime; its answer's head, or `upstream_failed`. Scoped: leaving the scope
  * before the answer has been read to its end aborts the request (the runtime stops generating).
  * The wait for the head is interruptible. A kept-alive connection the runtime closed just as it was
  * reused fails before the runtime saw anything: that one case is tried once more on a new one.
  */
-const send = (upstream: Upstream, endpoint: RuntimeEndpoint, method: "GET" | "POST", path: string, body?: Buffer) =>
+const send = (agent: Agent, endpoint: RuntimeEndpoint, method: "GET" | "POST", path: string, body?: Buffer) =>
   Effect.gen(function*() {
     let outgoing: ClientRequest | undefined
     let answer: IncomingMessage | undefined
@@ -163,7 +158,7 @@ const send = (upstream: Upstream, endpoint: RuntimeEndpoint, method: "GET" | "PO
         headers["content-length"] = body.length
       }
       const attempt = (mayRetry: boolean) => {
-        const current = httpRequest(`${endpoint.baseUrl}${path}`, { method, agent: upstream.agent, headers })
+        const current = httpRequest(`${endpoint.baseUrl}${path}`, { method, agent, headers })
         outgoing = current
         current.once("response", (head) => {
           answer = head
@@ -235,14 +230,14 @@ const cutOff = (response: ServerResponse, error: Failure) =>
 const forward = (
   request: HttpServerRequest.HttpServerRequest,
   manager: RuntimeManager["Type"],
-  upstream: Upstream,
+  agent: Agent,
   method: "GET" | "POST",
   path: string,
   body?: Buffer
 ) => {
   const response = NodeHttpServerRequest.toServerResponse(request)
   return manager.run((endpoint) =>
-    Effect.flatMap(send(upstream, endpoint, method, path, body), (answer) => relay(answer, response)).pipe(Effect.scoped)
+    Effect.flatMap(send(agent, endpoint, method, path, body), (answer) => relay(answer, response)).pipe(Effect.scoped)
   ).pipe(
     Effect.catchAll((error) => (response.headersSent ? cutOff(response, error) : Effect.fail(error))),
     // Already sent: the server sees the response ended and writes nothing more.
@@ -253,12 +248,11 @@ const forward = (
 export const makeApp = (options: GatewayOptions = {}) =>
   Effect.gen(function*() {
     const manager = yield* RuntimeManager
-    const upstream: Upstream = {
-      agent: yield* Effect.acquireRelease(
-        Effect.sync(() => new Agent({ keepAlive: true })),
-        (agent) => Effect.sync(() => agent.destroy())
-      )
-    }
+    // The hop to the runtime: loopback HTTP with a kept-alive connection pool of its own.
+    const agent = yield* Effect.acquireRelease(
+      Effect.sync(() => new Agent({ keepAlive: true })),
+      (agent) => Effect.sync(() => agent.destroy())
+    )
     const server = yield* HttpServer.HttpServer
     const allowedOrigins = new Set(options.allowedOrigins ?? [])
     const limit = options.maxBodyBytes ?? 8 * 1024 * 1024
@@ -273,7 +267,7 @@ export const makeApp = (options: GatewayOptions = {}) =>
         const body = yield* readBody(request, limit)
         yield* parseObject(body)
         // The client's bytes go on as they came, once known to be a JSON object.
-        return yield* forward(request, manager, upstream, "POST", path, body)
+        return yield* forward(request, manager, agent, "POST", path, body)
       })
 
     const health = Effect.map(manager.status, (status) =>
@@ -297,7 +291,7 @@ export const makeApp = (options: GatewayOptions = {}) =>
         if (given === undefined || !sameToken(given, Redacted.value(options.token))) return yield* refuse("unauthorized")
       }
       if (key === "GET /v1/models") {
-        return yield* forward(request, manager, upstream, "GET", "/v1/models")
+        return yield* forward(request, manager, agent, "GET", "/v1/models")
       }
       return yield* inference(request, path)
     })
