@@ -9,7 +9,7 @@ import { Effect, Fiber, Redacted, Runtime, Schedule } from "effect"
 import * as GatewayLive from "../../src/layers/GatewayLive.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
-import { call, errorType, gateway, oneInFlight, portOf, slotsFreed, standIn, start } from "./gatewayHarness.js"
+import { call, crashRuntime, errorType, gateway, oneInFlight, portOf, slotsFreed, standIn, start, statusUntil } from "./gatewayHarness.js"
 
 describe("Gateway (in-memory manager, real socket)", () => {
   it.live("answers 404 for every path and method outside the four routes", () =>
@@ -156,7 +156,6 @@ describe("Gateway (in-memory manager, real socket)", () => {
     Effect.gen(function*() {
       const upstream = yield* standIn("silent")
       yield* start
-      const manager = yield* RuntimeManager
       const port = yield* portOf
       const send = Effect.sync(() => {
         const req = httpRequest({ host: "127.0.0.1", port, method: "POST", path: "/v1/completions", headers: { host: `127.0.0.1:${port}` } })
@@ -167,13 +166,9 @@ describe("Gateway (in-memory manager, real socket)", () => {
       const first = yield* send
       yield* oneInFlight
       const second = yield* send
-      yield* Effect.flatMap(manager.status, (s) => (s.queued === 1 ? Effect.void : Effect.fail("not queued"))).pipe(
-        Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("3 seconds")))
-      )
+      yield* statusUntil((s) => s.queued === 1)
       second.destroy()
-      yield* Effect.flatMap(manager.status, (s) => (s.queued === 0 && s.inFlight === 1 ? Effect.void : Effect.fail("still queued"))).pipe(
-        Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("3 seconds")))
-      )
+      yield* statusUntil((s) => s.queued === 0 && s.inFlight === 1)
       first.destroy()
       yield* slotsFreed
       // The upstream request of the first was aborted; the second never reached the runtime.
@@ -206,7 +201,7 @@ describe("Gateway (in-memory manager, real socket)", () => {
       const port = yield* portOf
       const pending = yield* Effect.fork(call(port, { method: "POST", path: "/v1/chat/completions", body: JSON.stringify({ messages: [] }) }))
       yield* oneInFlight
-      yield* Effect.flatMap(Effect.flatMap(SpawnerControl, (c) => c.latest), (runtime) => runtime.crash())
+      yield* crashRuntime
       const answer = yield* Fiber.join(pending)
       assert.strictEqual(answer.status, 502)
       assert.strictEqual(errorType(answer), "runtime_exited")
@@ -219,7 +214,6 @@ describe("Gateway (in-memory manager, real socket)", () => {
       yield* standIn("sse")
       yield* start
       const port = yield* portOf
-      const crash = Effect.flatMap(Effect.flatMap(SpawnerControl, (c) => c.latest), (runtime) => runtime.crash())
       const runtime = yield* Effect.runtime<SpawnerControl>()
       const outcome = yield* Effect.async<{ text: string; ended: boolean }>((resume) => {
         const req = httpRequest({ host: "127.0.0.1", port, method: "POST", path: "/v1/chat/completions", headers: { host: `127.0.0.1:${port}` } }, (res) => {
@@ -229,7 +223,7 @@ describe("Gateway (in-memory manager, real socket)", () => {
             text += d.toString()
             if (!crashed && text.includes("data: {\"n\":1}")) {
               crashed = true
-              Runtime.runFork(runtime)(crash)
+              Runtime.runFork(runtime)(crashRuntime)
             }
           })
           res.on("end", () => resume(Effect.succeed({ text, ended: true })))

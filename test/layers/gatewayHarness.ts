@@ -9,7 +9,7 @@ import { Effect, Layer, Schedule } from "effect"
 import * as GatewayLive from "../../src/layers/GatewayLive.js"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
-import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { type ManagerStatus, RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { managerLayer, MODEL, SOURCE } from "./harness.js"
 
 export interface Answer {
@@ -109,17 +109,21 @@ export const standIn = (mode: "sse" | "silent" | "json" | "one-per-connection") 
     Effect.tap((u) => Effect.flatMap(SpawnerControl, (c) => c.setBehaviour({ baseUrl: `http://127.0.0.1:${u.port}` })))
   )
 
-/** Wait (bounded) until the manager has no request in flight. */
-export const slotsFreed = Effect.flatMap(RuntimeManager, (manager) =>
-  Effect.flatMap(manager.status, (s) => (s.inFlight === 0 ? Effect.void : Effect.fail("busy"))).pipe(
-    Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("3 seconds")))
-  ))
+/** Wait (bounded, 3 s) until the manager's status satisfies `ok`. */
+export const statusUntil = (ok: (s: ManagerStatus) => boolean) =>
+  Effect.flatMap(RuntimeManager, (manager) =>
+    Effect.flatMap(manager.status, (s) => (ok(s) ? Effect.void : Effect.fail("not yet"))).pipe(
+      Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("3 seconds")))
+    ))
 
-/** Wait (bounded) until the manager has a request in flight. */
-export const oneInFlight = Effect.flatMap(RuntimeManager, (manager) =>
-  Effect.flatMap(manager.status, (s) => (s.inFlight === 1 ? Effect.void : Effect.fail("idle"))).pipe(
-    Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("3 seconds")))
-  ))
+/** No request in flight. */
+export const slotsFreed = statusUntil((s) => s.inFlight === 0)
+
+/** One request in flight. */
+export const oneInFlight = statusUntil((s) => s.inFlight === 1)
+
+/** The in-memory runtime crashes (as a process exiting on its own). */
+export const crashRuntime = Effect.flatMap(Effect.flatMap(SpawnerControl, (c) => c.latest), (runtime) => runtime.crash())
 
 export const serverLayer = NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })
 
