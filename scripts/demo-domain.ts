@@ -1,13 +1,13 @@
 /**
- * `npm start` until the runtime layers land: walks the pure decision core through one model and
- * a burst of requests, and prints each decision. No network, no process, no file.
+ * `npm run demo:domain`: walks the pure decision core through one model and a burst of requests,
+ * and prints each decision. No network, no process, no file.
  */
 import { createHash } from "node:crypto"
 import { Either } from "effect"
-import { Admission, Integrity, Lifecycle, RequestGate } from "../src/index.js"
+import { Admission, Circuit, Integrity, Lifecycle, RequestGate } from "../src/index.js"
 
 const show = (label: string, result: Either.Either<unknown, { _tag: string; reason: string }>) =>
-  console.log(`${label.padEnd(58)} ${Either.isRight(result) ? "ok" : `${result.left._tag}/${result.left.reason}`}`)
+  console.log(`${label.padEnd(58)} ${Either.isRight(result) ? (typeof result.right === "string" ? result.right : "ok") : `${result.left._tag}/${result.left.reason}`}`)
 
 const model = new Uint8Array(512 * 1024).map((_, i) => (i * 31) & 0xff)
 const spec = Either.getOrThrow(Integrity.checkSpec({ sha256: createHash("sha256").update(model).digest("hex"), sizeBytes: model.length }))
@@ -35,13 +35,19 @@ for (const event of ["health_ok", "start", "health_ok"] as const) {
   if (Either.isRight(next)) state = next.right
 }
 
-let admission = Either.getOrThrow(Admission.makeAdmissionState({ maxInFlight: 2, queueBound: 1 }))
+let admission = Admission.makeAdmissionState({ maxInFlight: 2, queueBound: 1 })
 const limits = { maxRamBytes: 2 * 1024 ** 3, maxCpuPercent: 90 }
-for (let i = 1; i <= 4; i++) {
-  const decision = RequestGate.decide({ lifecycle: state, admission, observation: { ramBytes: 300e6, vramBytes: 0, cpuPercent: 12 }, limits })
-  show(`request ${i} (2 slots, 1 queue place)`, decision)
-  if (Either.isRight(decision)) admission = Either.getOrThrow(Admission.recordAdmit(admission))
-  else if (decision.left.reason === "at_capacity") admission = Either.getOrThrow(Admission.recordEnqueue(admission))
-}
-show("request 5 while over the RAM ceiling", RequestGate.decide({ lifecycle: state, admission: { ...admission, inFlight: 0, queued: 0 }, observation: { ramBytes: 3e9, vramBytes: 0, cpuPercent: 12 }, limits }))
-show("request 6 while draining", RequestGate.decide({ lifecycle: "draining", admission, observation: { ramBytes: 0, vramBytes: 0, cpuPercent: 0 }, limits }))
+const gate = (lifecycle: Lifecycle.LifecycleState, ramBytes: number) =>
+  Either.flatMap(
+    RequestGate.enter({ now: 0, circuit: Circuit.closed, lifecycle, exiting: false, unloadedIdle: false, admission }),
+    (entry) => {
+      if (entry._tag !== "reload") admission = entry.admission
+      return entry._tag === "admitted"
+        ? Either.map(RequestGate.checkResources({ ramBytes, vramBytes: 0, cpuPercent: 12 }, limits), () => entry._tag)
+        : Either.right(entry._tag)
+    }
+  )
+for (let i = 1; i <= 4; i++) show(`request ${i} (2 slots, 1 queue place)`, gate(state, 300e6))
+admission = Admission.makeAdmissionState({ maxInFlight: 2, queueBound: 1 })
+show("request 5 while over the RAM ceiling", gate(state, 3e9))
+show("request 6 while draining", gate("draining", 0))

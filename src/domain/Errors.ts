@@ -19,13 +19,10 @@ const integrityMessages = {
 
 const lifecycleMessages = {
   invalid_transition: "The lifecycle transition is not allowed from the current state.",
-  not_ready: "The runtime is not ready to serve inference.",
-  unknown_event: "The lifecycle event is unknown.",
-  unknown_state: "The lifecycle state is unknown."
+  not_ready: "The runtime is not ready to serve inference."
 } as const
 
 const admissionMessages = {
-  malformed_admission_state: "The admission state or limits are malformed.",
   at_capacity: "All in-flight slots are taken.",
   queue_full: "The request queue is full.",
   no_in_flight_to_complete: "There is no in-flight request to complete.",
@@ -34,14 +31,13 @@ const admissionMessages = {
 
 const resourceMessages = {
   malformed_limits: "The resource limits are malformed.",
-  malformed_observation: "The resource observation is malformed.",
   ram_over_limit: "The runtime is over its RAM limit.",
   vram_over_limit: "The runtime is over its VRAM limit.",
   cpu_over_limit: "The runtime is over its CPU limit."
 } as const
 
-const requestGateMessages = {
-  malformed_request_params: "The request gate parameters are malformed."
+const circuitMessages = {
+  circuit_open: "The runtime failed too often; starts are refused until the circuit cools down."
 } as const
 
 /** The keys of a reason → message table, as the arguments of `Schema.Literal`. */
@@ -66,14 +62,25 @@ export class IntegrityError extends ReasonError("IntegrityError", integrityMessa
 export class LifecycleError extends ReasonError("LifecycleError", lifecycleMessages) {}
 export class AdmissionError extends ReasonError("AdmissionError", admissionMessages) {}
 export class ResourceError extends ReasonError("ResourceError", resourceMessages) {}
-export class RequestGateError extends ReasonError("RequestGateError", requestGateMessages) {}
+export class CircuitOpenError extends ReasonError("CircuitOpenError", circuitMessages) {}
 
 export type IntegrityReason = IntegrityError["reason"]
 export type LifecycleReason = LifecycleError["reason"]
 export type AdmissionReason = AdmissionError["reason"]
 export type ResourceReason = ResourceError["reason"]
-export type RequestGateReason = RequestGateError["reason"]
+
+/**
+ * An error of class `E` narrowed to the reasons `R`: what a function can really return, so a
+ * caller's `switch (error.reason)` lists those and no others.
+ */
+export type Refusal<E extends { readonly reason: string }, R extends E["reason"]> = E & { readonly reason: R }
+
+/** Make an `E` with reason `R`, typed as exactly that refusal. */
+export const refusal = <E extends { readonly reason: string }, const R extends E["reason"]>(
+  make: new(props: { readonly reason: R }) => E,
+  reason: R
+): Refusal<E, R> => new make({ reason }) as Refusal<E, R>
 
 /** Every failure the decision core can return. */
-export type DomainError = IntegrityError | LifecycleError | AdmissionError | ResourceError | RequestGateError
+export type DomainError = IntegrityError | LifecycleError | AdmissionError | ResourceError | CircuitOpenError
 export type DomainReason = DomainError["reason"]

@@ -12,10 +12,9 @@ const RIGHT_VOID: Either.Either<void, never> = Either.right(undefined)
 export const Sha256Hex = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/), Schema.brand("Sha256Hex"))
 export type Sha256Hex = typeof Sha256Hex.Type
 
-export const ModelSpec = Schema.Struct({
-  sha256: Sha256Hex,
-  sizeBytes: Schema.Number.pipe(Schema.int(), Schema.positive(), Schema.lessThanOrEqualTo(Number.MAX_SAFE_INTEGER))
-}).pipe(Schema.brand("ModelSpec"))
+export const SizeBytes = Schema.Number.pipe(Schema.int(), Schema.positive(), Schema.lessThanOrEqualTo(Number.MAX_SAFE_INTEGER))
+
+export const ModelSpec = Schema.Struct({ sha256: Sha256Hex, sizeBytes: SizeBytes }).pipe(Schema.brand("ModelSpec"))
 /** A spec that passed `checkSpec`: 64 lowercase hex chars and a positive safe-integer size. */
 export type ModelSpec = typeof ModelSpec.Type
 
@@ -61,6 +60,9 @@ const toAllowedPrefix = (entry: unknown): AllowedPrefix | undefined => {
   return { hostname: parsed.hostname, port: parsed.port, path }
 }
 
+/** An entry `checkSource` can match: HTTPS, no credentials, query, fragment or encoded separator. */
+export const isAllowlistEntry = (entry: unknown): boolean => toAllowedPrefix(entry) !== undefined
+
 const admits = (prefix: AllowedPrefix, url: URL): boolean =>
   // The WHATWG parser lower-cases the host and drops a default port, so plain equality compares
   // hosts case-insensitively and effective ports exactly.
@@ -100,7 +102,7 @@ export interface Verifier {
    * expected size, so an endless stream is cut at expected + 1 bytes; the caller must not write
    * a chunk that was refused.
    */
-  readonly update: (chunk: unknown) => Either.Either<void, IntegrityError>
+  readonly update: (chunk: Uint8Array) => Either.Either<void, IntegrityError>
   /** Exact size, then the digest in constant time. Single use. */
   readonly finalize: () => Either.Either<void, IntegrityError>
   /** Give up: every later call answers `accumulator_aborted`. */
@@ -121,6 +123,7 @@ export const makeVerifier = (spec: ModelSpec): Verifier => {
     },
     update(chunk) {
       if (closed !== undefined) return fail(closed)
+      // Bytes come from I/O: anything else (a string, a wider typed array) aborts rather than being hashed.
       if (!(chunk instanceof Uint8Array)) {
         closed = "accumulator_aborted"
         return fail(closed)
@@ -147,7 +150,7 @@ export const makeVerifier = (spec: ModelSpec): Verifier => {
 }
 
 /** Verify bytes already in memory against a spec. */
-export const verifyBytes = (bytes: unknown, spec: ModelSpec): Either.Either<void, IntegrityError> => {
+export const verifyBytes = (bytes: Uint8Array, spec: ModelSpec): Either.Either<void, IntegrityError> => {
   if (!(bytes instanceof Uint8Array)) return fail("malformed_spec")
   const verifier = makeVerifier(spec)
   return Either.flatMap(verifier.update(bytes), () => verifier.finalize())

@@ -3,7 +3,7 @@
  * process dies on its own. The table below is the whole machine: a pair that is not in it fails.
  */
 import { Either, Schema } from "effect"
-import { LifecycleError, type LifecycleReason } from "./Errors.js"
+import { LifecycleError, type Refusal, refusal } from "./Errors.js"
 
 export const LifecycleState = Schema.Literal("stopped", "starting", "ready", "draining")
 export type LifecycleState = typeof LifecycleState.Type
@@ -20,21 +20,18 @@ const TRANSITIONS: { readonly [S in LifecycleState]: Partial<Readonly<Record<Lif
   draining: { stopped: "stopped", exited: "stopped" }
 }
 
-const isState = Schema.is(LifecycleState)
-const isEvent = Schema.is(LifecycleEvent)
-const fail = (reason: LifecycleReason) => Either.left(new LifecycleError({ reason }))
+export type InvalidTransition = Refusal<LifecycleError, "invalid_transition">
+export type NotReady = Refusal<LifecycleError, "not_ready">
 
-/** The next state, or a typed error; on error the caller keeps the state it had. */
-export const transition = (state: unknown, event: unknown): Either.Either<LifecycleState, LifecycleError> => {
-  if (!isState(state)) return fail("unknown_state")
-  if (!isEvent(event)) return fail("unknown_event")
+/** The next state, or `invalid_transition`; on error the caller keeps the state it had. */
+export const transition = (state: LifecycleState, event: LifecycleEvent): Either.Either<LifecycleState, InvalidTransition> => {
   const next = TRANSITIONS[state][event]
-  return next === undefined ? fail("invalid_transition") : Either.right(next)
+  return next === undefined ? Either.left(refusal(LifecycleError, "invalid_transition")) : Either.right(next)
 }
 
 /** Inference is served in `ready` and nowhere else. */
-export const canServe = (state: unknown): boolean => state === "ready"
+export const canServe = (state: LifecycleState): boolean => state === "ready"
 
-/** `canServe` as a decision: `not_ready` for every other state, known or not. */
-export const requireReady = (state: unknown): Either.Either<"ready", LifecycleError> =>
-  state === "ready" ? Either.right("ready") : fail("not_ready")
+/** `canServe` as a decision: `not_ready` for every other state. */
+export const requireReady = (state: LifecycleState): Either.Either<"ready", NotReady> =>
+  state === "ready" ? Either.right("ready") : Either.left(refusal(LifecycleError, "not_ready"))

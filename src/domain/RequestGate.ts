@@ -1,41 +1,55 @@
 /**
- * The single gate in front of every inference request: lifecycle, then admission, then resources.
- * Any input at all yields a decision; nothing here throws.
+ * The gate in front of every inference request, in the order the manager runs it: the circuit,
+ * then the lifecycle, then admission (a slot, a place in the queue, or a refusal), all decided at
+ * once on one snapshot of the state; then, once a slot is held and an observation is at hand, the
+ * resource ceilings.
  */
 import { Either } from "effect"
 import * as Admission from "./Admission.js"
-import { type AdmissionError, type LifecycleError, RequestGateError, type ResourceError } from "./Errors.js"
+import * as Circuit from "./Circuit.js"
+import { LifecycleError, refusal } from "./Errors.js"
 import * as Lifecycle from "./Lifecycle.js"
 import * as ResourcePolicy from "./ResourcePolicy.js"
 
-export interface GateInput {
+export interface EntryInput {
+  /** Epoch milliseconds. */
+  readonly now: number
+  readonly circuit: Circuit.CircuitState
   readonly lifecycle: Lifecycle.LifecycleState
+  /** The runtime's process has exited and the exit is not handled yet: it serves nothing. */
+  readonly exiting: boolean
+  /** Stopped by the idle timer: the next request starts the runtime again. */
+  readonly unloadedIdle: boolean
   readonly admission: Admission.AdmissionState
-  readonly observation: ResourcePolicy.ResourceObservation
-  readonly limits: ResourcePolicy.ResourceLimits
 }
 
-export type GateError = LifecycleError | AdmissionError | ResourceError | RequestGateError
+export type Entry =
+  /** A slot now: `admission` counts it. */
+  | { readonly _tag: "admitted"; readonly admission: Admission.AdmissionState }
+  /** A place at the back of the queue: `admission` counts it. */
+  | { readonly _tag: "queued"; readonly admission: Admission.AdmissionState }
+  /** Start the runtime (unloaded while idle), then ask again. */
+  | { readonly _tag: "reload" }
 
-const malformed = () => Either.left(new RequestGateError({ reason: "malformed_request_params" }))
+export type EntryRefusal = Circuit.CircuitOpen | Lifecycle.NotReady | Admission.QueueFull
 
-const decideUnsafe = (input: unknown): Either.Either<void, GateError> => {
-  // Object() turns null, undefined and primitives into an object whose fields are all missing.
-  const { lifecycle, admission, observation, limits } = Object(input) as Partial<Record<keyof GateInput, unknown>>
-  if (lifecycle == null || admission == null || observation == null || limits == null) return malformed()
-  return Either.flatMap(
-    Lifecycle.requireReady(lifecycle),
-    (): Either.Either<void, GateError> =>
-      Either.flatMap(Admission.evaluate(admission), () => ResourcePolicy.evaluateResources(observation, limits))
-  )
+/** Steps 1–3: the circuit, the lifecycle, admission. The caller applies the new admission state atomically with the decision. */
+export const enter = (input: EntryInput): Either.Either<Entry, EntryRefusal> => {
+  const circuit = Circuit.check(input.circuit, input.now)
+  if (Either.isLeft(circuit)) return Either.left(circuit.left)
+  if (input.unloadedIdle && input.lifecycle === "stopped") return Either.right({ _tag: "reload" })
+  const ready = Lifecycle.requireReady(input.lifecycle)
+  if (Either.isLeft(ready)) return Either.left(ready.left)
+  if (input.exiting) return Either.left(refusal(LifecycleError, "not_ready"))
+  const admitted = Admission.recordAdmit(input.admission)
+  if (Either.isRight(admitted)) return Either.right({ _tag: "admitted", admission: admitted.right })
+  return Either.map(Admission.recordEnqueue(input.admission), (admission) => ({ _tag: "queued", admission }))
 }
 
-/** Admit (right) or refuse with the first failing check's typed error (left). */
-export const decide = (input: unknown): Either.Either<void, GateError> => {
-  try {
-    return decideUnsafe(input)
-  } catch {
-    // A hostile input (a throwing getter, a revoked proxy) is refused without carrying it outward.
-    return malformed()
-  }
-}
+/** Step 4, with a slot held: the runtime's observed use against the ceilings. */
+export const checkResources: (
+  observation: ResourcePolicy.ResourceObservation,
+  limits: ResourcePolicy.ResourceLimits
+) => Either.Either<void, ResourcePolicy.OverLimit> = ResourcePolicy.evaluateResources
+
+export type GateRefusal = EntryRefusal | ResourcePolicy.OverLimit

@@ -5,6 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Either } from "effect"
 import * as Admission from "../../src/domain/Admission.js"
+import * as Circuit from "../../src/domain/Circuit.js"
 import * as Integrity from "../../src/domain/Integrity.js"
 import * as Lifecycle from "../../src/domain/Lifecycle.js"
 import * as RequestGate from "../../src/domain/RequestGate.js"
@@ -13,6 +14,21 @@ import { assertLeft, assertRight, bytesOf, chunkAt, specFor } from "./fixtures.j
 const GiB = 1024 ** 3
 const limits = { maxRamBytes: 8 * GiB, maxVramBytes: 2 * GiB, maxCpuPercent: 90 }
 const calm = { ramBytes: GiB, vramBytes: 0, cpuPercent: 10 }
+
+/**
+ * The whole gate for one request as the manager runs it, without the atomic state around it: the
+ * entry decision, then (with a slot) the resources. Returns the decision and the new admission state.
+ */
+const gate = (
+  lifecycle: Lifecycle.LifecycleState,
+  admission: Admission.AdmissionState,
+  observation = calm
+): Either.Either<RequestGate.Entry, RequestGate.GateRefusal> =>
+  Either.flatMap(
+    RequestGate.enter({ now: 0, circuit: Circuit.closed, lifecycle, exiting: false, unloadedIdle: false, admission }),
+    (entry): Either.Either<RequestGate.Entry, RequestGate.GateRefusal> =>
+      entry._tag === "admitted" ? Either.map(RequestGate.checkResources(observation, limits), () => entry) : Either.right(entry)
+  )
 
 /** A miniature manager over the pure core: what the Effect layer does, without effects. */
 const simulate = (model: Uint8Array, spec: Integrity.ModelSpec, cuts: ReadonlyArray<number>) => {
@@ -39,8 +55,8 @@ describe("decision core, integrated", () => {
     assertRight(run.verdict)
     assert.strictEqual(run.written, model.length)
     assert.strictEqual(run.lifecycle, "ready")
-    const admission = assertRight(Admission.makeAdmissionState({ maxInFlight: 1, queueBound: 1 }))
-    assertRight(RequestGate.decide({ lifecycle: run.lifecycle, admission, observation: calm, limits }))
+    const admission = Admission.makeAdmissionState({ maxInFlight: 1, queueBound: 1 })
+    assert.strictEqual(assertRight(gate(run.lifecycle, admission))._tag, "admitted")
   })
 
   it("a corrupted model never leaves stopped, so nothing can be served", () => {
@@ -49,8 +65,8 @@ describe("decision core, integrated", () => {
     const run = simulate(corrupted, spec, [4096])
     assertLeft(run.verdict, "IntegrityError", "digest_mismatch")
     assert.strictEqual(run.lifecycle, "stopped")
-    const admission = assertRight(Admission.makeAdmissionState({ maxInFlight: 1, queueBound: 1 }))
-    assertLeft(RequestGate.decide({ lifecycle: run.lifecycle, admission, observation: calm, limits }), "LifecycleError", "not_ready")
+    const admission = Admission.makeAdmissionState({ maxInFlight: 1, queueBound: 1 })
+    assertLeft(gate(run.lifecycle, admission), "LifecycleError", "not_ready")
   })
 
   it("an oversized download is cut before its extra byte is written", () => {
@@ -69,24 +85,24 @@ describe("decision core, integrated", () => {
 
   it("a full request life: admit, queue, refuse, complete, dequeue, drain", () => {
     let lifecycle: Lifecycle.LifecycleState = "ready"
-    let admission = assertRight(Admission.makeAdmissionState({ maxInFlight: 2, queueBound: 1 }))
-    const gate = () => RequestGate.decide({ lifecycle, admission, observation: calm, limits })
+    let admission = Admission.makeAdmissionState({ maxInFlight: 2, queueBound: 1 })
+    const step = (expected: "admitted" | "queued") => {
+      const entry = assertRight(gate(lifecycle, admission))
+      assert.strictEqual(entry._tag, expected)
+      if (entry._tag !== "reload") admission = entry.admission
+    }
 
-    assertRight(gate())
-    admission = assertRight(Admission.recordAdmit(admission))
-    assertRight(gate())
-    admission = assertRight(Admission.recordAdmit(admission))
-    assertLeft(gate(), "AdmissionError", "at_capacity")
-    admission = assertRight(Admission.recordEnqueue(admission))
-    assertLeft(gate(), "AdmissionError", "queue_full")
+    step("admitted")
+    step("admitted")
+    step("queued")
+    assertLeft(gate(lifecycle, admission), "AdmissionError", "queue_full")
 
     admission = assertRight(Admission.recordComplete(admission))
-    assertRight(gate())
     admission = assertRight(Admission.recordDequeue(admission))
     admission = assertRight(Admission.recordAdmit(admission))
 
     lifecycle = assertRight(Lifecycle.transition(lifecycle, "drain"))
-    assertLeft(gate(), "LifecycleError", "not_ready")
+    assertLeft(gate(lifecycle, admission), "LifecycleError", "not_ready")
     admission = assertRight(Admission.recordComplete(admission))
     admission = assertRight(Admission.recordComplete(admission))
     lifecycle = assertRight(Lifecycle.transition(lifecycle, "stopped"))
@@ -95,30 +111,27 @@ describe("decision core, integrated", () => {
 
   it("a crash while ready stops serving at once", () => {
     const lifecycle = assertRight(Lifecycle.transition("ready", "exited"))
-    const admission = assertRight(Admission.makeAdmissionState({ maxInFlight: 1, queueBound: 1 }))
-    assertLeft(RequestGate.decide({ lifecycle, admission, observation: calm, limits }), "LifecycleError", "not_ready")
+    const admission = Admission.makeAdmissionState({ maxInFlight: 1, queueBound: 1 })
+    assertLeft(gate(lifecycle, admission), "LifecycleError", "not_ready")
   })
 
   it("resources over a ceiling refuse a request that admission would take", () => {
-    const admission = assertRight(Admission.makeAdmissionState({ maxInFlight: 4, queueBound: 4 }))
-    assertLeft(RequestGate.decide({ lifecycle: "ready", admission, observation: { ...calm, vramBytes: 3 * GiB }, limits }), "ResourceError", "vram_over_limit")
+    const admission = Admission.makeAdmissionState({ maxInFlight: 4, queueBound: 4 })
+    assertLeft(gate("ready", admission, { ...calm, vramBytes: 3 * GiB }), "ResourceError", "vram_over_limit")
   })
 })
 
 describe("decision core, stress", () => {
   it("a 1000-request flood against 100 slots and 100 queue places: exact bounds", () => {
-    let admission = assertRight(Admission.makeAdmissionState({ maxInFlight: 100, queueBound: 100 }))
+    let admission = Admission.makeAdmissionState({ maxInFlight: 100, queueBound: 100 })
     const tally = { admitted: 0, queued: 0, refused: 0 }
     for (let i = 0; i < 1000; i++) {
-      const verdict = RequestGate.decide({ lifecycle: "ready", admission, observation: calm, limits })
-      if (Either.isRight(verdict)) {
-        admission = assertRight(Admission.recordAdmit(admission))
-        tally.admitted++
-      } else if (verdict.left.reason === "at_capacity") {
-        admission = assertRight(Admission.recordEnqueue(admission))
-        tally.queued++
+      const verdict = gate("ready", admission)
+      if (Either.isRight(verdict) && verdict.right._tag !== "reload") {
+        admission = verdict.right.admission
+        tally[verdict.right._tag]++
       } else {
-        assert.strictEqual(verdict.left.reason, "queue_full")
+        assert.strictEqual(Either.isLeft(verdict) && verdict.left.reason, "queue_full")
         tally.refused++
       }
     }
@@ -128,7 +141,7 @@ describe("decision core, stress", () => {
 
   it("a long random run of arrivals and completions drains to zero and never passes the bounds", () => {
     const bounds = { maxInFlight: 8, queueBound: 16 }
-    let admission = assertRight(Admission.makeAdmissionState(bounds))
+    let admission = Admission.makeAdmissionState(bounds)
     let seed = 7
     const next = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff)
     for (let i = 0; i < 100_000; i++) {

@@ -145,6 +145,14 @@ describe("Integrity.checkSource", () => {
     reject(url, "source_not_allowed", { 0: "https://models.example.com/org/repo", length: 1 } as unknown as ReadonlyArray<unknown>)
   })
 
+  it("isAllowlistEntry says which entries can match at all", () => {
+    assert.isTrue(Integrity.isAllowlistEntry("https://models.example.com/org/repo"))
+    assert.isTrue(Integrity.isAllowlistEntry("https://models.example.com:8443/"))
+    for (const entry of ["http://models.example.com/org", "https://u:p@models.example.com/org", "https://models.example.com/org?x=1", "https://models.example.com/org#f", "https://models.example.com/org%2Fx", "not a url", 42, null]) {
+      assert.isFalse(Integrity.isAllowlistEntry(entry), String(entry))
+    }
+  })
+
   it("ignores invalid allowlist entries but still honours a valid one beside them", () => {
     const url = "https://models.example.com/org/repo/m.gguf"
     const invalid = [
@@ -276,10 +284,10 @@ describe("Integrity.makeVerifier", () => {
     assertLeft(v.finalize(), "IntegrityError", "size_mismatch")
   })
 
-  it("aborts on a chunk that is not a Uint8Array", () => {
+  it("aborts on a chunk that is not a Uint8Array (typed away, and still refused at run time)", () => {
     for (const chunk of ["text", [1, 2, 3], null, undefined, 5, new ArrayBuffer(4), new DataView(new ArrayBuffer(4)), new Uint16Array(2)]) {
       const v = Integrity.makeVerifier(spec)
-      assertLeft(v.update(chunk), "IntegrityError", "accumulator_aborted")
+      assertLeft(v.update(chunk as unknown as Uint8Array), "IntegrityError", "accumulator_aborted")
       assertLeft(v.update(data), "IntegrityError", "accumulator_aborted")
       assertLeft(v.finalize(), "IntegrityError", "accumulator_aborted")
     }
@@ -330,7 +338,7 @@ describe("Integrity.verifyBytes", () => {
 
   it("rejects input that is not bytes as malformed", () => {
     for (const input of [null, "bytes", Array.from(data), data.buffer]) {
-      assertLeft(Integrity.verifyBytes(input, spec), "IntegrityError", "malformed_spec")
+      assertLeft(Integrity.verifyBytes(input as unknown as Uint8Array, spec), "IntegrityError", "malformed_spec")
     }
   })
 })

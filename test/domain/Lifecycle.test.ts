@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Either, FastCheck as fc } from "effect"
+import { Either, FastCheck as fc, Schema } from "effect"
 import * as Lifecycle from "../../src/domain/Lifecycle.js"
 import { assertLeft, assertRight } from "./fixtures.js"
 
@@ -48,22 +48,14 @@ describe("Lifecycle.transition", () => {
     assert.strictEqual(run("stopped", ["start", "health_ok", "exited", "start", "health_fail", "start"]), "starting")
   })
 
-  it("reports an unknown state before an unknown event", () => {
-    for (const state of ["running", "READY", "", null, undefined, 1, { state: "ready" }]) {
-      assertLeft(Lifecycle.transition(state, "start"), "LifecycleError", "unknown_state")
-      assertLeft(Lifecycle.transition(state, "nope"), "LifecycleError", "unknown_state")
-    }
+  it("the state and event schemas (the parse boundary) take the table's names and nothing else", () => {
+    for (const state of ["running", "READY", "", null, undefined, 1, { state: "ready" }]) assert.isFalse(Schema.is(Lifecycle.LifecycleState)(state))
+    for (const event of ["restart", "START", "", null, undefined, 0, ["start"]]) assert.isFalse(Schema.is(Lifecycle.LifecycleEvent)(event))
   })
 
-  it("reports an unknown event", () => {
-    for (const event of ["restart", "START", "", null, undefined, 0, ["start"]]) {
-      assertLeft(Lifecycle.transition("stopped", event), "LifecycleError", "unknown_event")
-    }
-  })
-
-  it.prop("random event sequences reach ready only through start then health_ok", [fc.array(fc.oneof(fc.constantFrom(...events), fc.string()), { maxLength: 40 })], ([sequence]) => {
+  it.prop("random event sequences reach ready only through start then health_ok", [fc.array(fc.constantFrom(...events), { maxLength: 40 })], ([sequence]) => {
     let state: Lifecycle.LifecycleState = "stopped"
-    let previous: { state: Lifecycle.LifecycleState; event: unknown } | undefined
+    let previous: { state: Lifecycle.LifecycleState; event: Lifecycle.LifecycleEvent } | undefined
     for (const event of sequence) {
       const next = Lifecycle.transition(state, event)
       if (Either.isLeft(next)) continue // refused: the state stays as it was
@@ -82,14 +74,12 @@ describe("Lifecycle.transition", () => {
 describe("Lifecycle.canServe", () => {
   it("is true for ready and for nothing else", () => {
     assert.isTrue(Lifecycle.canServe("ready"))
-    for (const s of ["stopped", "starting", "draining", "READY", " ready", null, undefined, { state: "ready" }, ["ready"], true]) {
-      assert.isFalse(Lifecycle.canServe(s))
-    }
+    for (const s of ["stopped", "starting", "draining"] as const) assert.isFalse(Lifecycle.canServe(s))
   })
 
   it("requireReady refuses every other state with not_ready", () => {
     assert.strictEqual(assertRight(Lifecycle.requireReady("ready")), "ready")
-    for (const s of ["stopped", "starting", "draining", "bogus", null]) {
+    for (const s of ["stopped", "starting", "draining"] as const) {
       assertLeft(Lifecycle.requireReady(s), "LifecycleError", "not_ready")
     }
   })

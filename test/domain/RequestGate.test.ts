@@ -1,89 +1,116 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Either, FastCheck as fc } from "effect"
+import type * as Admission from "../../src/domain/Admission.js"
+import * as Circuit from "../../src/domain/Circuit.js"
+import * as Lifecycle from "../../src/domain/Lifecycle.js"
 import * as RequestGate from "../../src/domain/RequestGate.js"
 import { assertLeft, assertRight } from "./fixtures.js"
 
 const GiB = 1024 ** 3
-const good = {
+const admission = (inFlight: number, queued: number, maxInFlight = 2, queueBound = 2): Admission.AdmissionState => ({
+  maxInFlight,
+  queueBound,
+  inFlight,
+  queued
+})
+const open: Circuit.CircuitState = { failures: [], openUntil: 1_000 }
+const good: RequestGate.EntryInput = {
+  now: 500,
+  circuit: Circuit.closed,
   lifecycle: "ready",
-  admission: { maxInFlight: 2, queueBound: 2, inFlight: 0, queued: 0 },
-  observation: { ramBytes: GiB, vramBytes: 0, cpuPercent: 5 },
-  limits: { maxRamBytes: 4 * GiB, maxCpuPercent: 90 }
-} as const
+  exiting: false,
+  unloadedIdle: false,
+  admission: admission(0, 0)
+}
+const limits = { maxRamBytes: 4 * GiB, maxCpuPercent: 90 }
+const calm = { ramBytes: GiB, vramBytes: 0, cpuPercent: 5 }
 
-describe("RequestGate.decide", () => {
-  it("admits a ready runtime with room and headroom", () => {
-    assertRight(RequestGate.decide(good))
+describe("RequestGate.enter", () => {
+  it("admits a ready runtime with a free slot, counting the slot", () => {
+    assert.deepStrictEqual(assertRight(RequestGate.enter(good)), { _tag: "admitted", admission: admission(1, 0) })
   })
 
-  it("refuses every state but ready with not_ready, before looking at anything else", () => {
-    for (const lifecycle of ["stopped", "starting", "draining", "unknown"]) {
-      assertLeft(RequestGate.decide({ ...good, lifecycle }), "LifecycleError", "not_ready")
-      assertLeft(
-        RequestGate.decide({ ...good, lifecycle, admission: { ...good.admission, inFlight: 2, queued: 2 }, observation: { ...good.observation, ramBytes: 8 * GiB } }),
-        "LifecycleError",
-        "not_ready"
-      )
+  it("queues when every slot is taken and the queue has room, counting the place", () => {
+    assert.deepStrictEqual(assertRight(RequestGate.enter({ ...good, admission: admission(2, 1) })), { _tag: "queued", admission: admission(2, 2) })
+  })
+
+  it("refuses queue_full when both are full, and with a queue bound of 0 as soon as the slots are", () => {
+    assertLeft(RequestGate.enter({ ...good, admission: admission(2, 2) }), "AdmissionError", "queue_full")
+    assertLeft(RequestGate.enter({ ...good, admission: admission(1, 0, 1, 0) }), "AdmissionError", "queue_full")
+  })
+
+  it("checks the circuit first: an open circuit refuses whatever else holds, and it closes at openUntil", () => {
+    for (const lifecycle of Lifecycle.LifecycleState.literals) {
+      assertLeft(RequestGate.enter({ ...good, circuit: open, lifecycle, unloadedIdle: true, admission: admission(2, 2) }), "CircuitOpenError", "circuit_open")
+    }
+    assert.strictEqual(assertRight(RequestGate.enter({ ...good, circuit: open, now: 1_000 }))._tag, "admitted")
+  })
+
+  it("then the lifecycle: every state but ready is not_ready, before admission is looked at", () => {
+    for (const lifecycle of ["stopped", "starting", "draining"] as const) {
+      assertLeft(RequestGate.enter({ ...good, lifecycle }), "LifecycleError", "not_ready")
+      assertLeft(RequestGate.enter({ ...good, lifecycle, admission: admission(2, 2) }), "LifecycleError", "not_ready")
     }
   })
 
-  it("then applies admission", () => {
-    const over = { ...good.observation, ramBytes: 8 * GiB }
-    assertLeft(RequestGate.decide({ ...good, admission: { ...good.admission, inFlight: 2 }, observation: over }), "AdmissionError", "at_capacity")
-    assertLeft(RequestGate.decide({ ...good, admission: { ...good.admission, inFlight: 2, queued: 2 } }), "AdmissionError", "queue_full")
-    assertLeft(RequestGate.decide({ ...good, admission: { inFlight: 0 } }), "AdmissionError", "malformed_admission_state")
+  it("a runtime whose exit is not handled yet serves nothing, even in ready", () => {
+    assertLeft(RequestGate.enter({ ...good, exiting: true }), "LifecycleError", "not_ready")
   })
 
-  it("then applies the resource ceilings", () => {
-    assertLeft(RequestGate.decide({ ...good, observation: { ...good.observation, ramBytes: 5 * GiB } }), "ResourceError", "ram_over_limit")
-    assertLeft(RequestGate.decide({ ...good, limits: { ...good.limits, maxVramBytes: GiB }, observation: { ...good.observation, vramBytes: 2 * GiB } }), "ResourceError", "vram_over_limit")
-    assertLeft(RequestGate.decide({ ...good, observation: { ...good.observation, cpuPercent: 95 } }), "ResourceError", "cpu_over_limit")
-    assertLeft(RequestGate.decide({ ...good, observation: { ramBytes: -1 } }), "ResourceError", "malformed_observation")
-    assertLeft(RequestGate.decide({ ...good, limits: { maxRamBytes: Number.POSITIVE_INFINITY, maxCpuPercent: 1 } }), "ResourceError", "malformed_limits")
+  it("a runtime stopped for idleness is reloaded by the next request; stopped otherwise is not_ready", () => {
+    assert.deepStrictEqual(assertRight(RequestGate.enter({ ...good, lifecycle: "stopped", unloadedIdle: true })), { _tag: "reload" })
+    assertLeft(RequestGate.enter({ ...good, lifecycle: "starting", unloadedIdle: true }), "LifecycleError", "not_ready")
   })
 
-  it("refuses missing or non-object parameters with malformed_request_params", () => {
-    const { lifecycle: _l, ...noLifecycle } = good
-    const { limits: _m, ...noLimits } = good
-    const { admission: _a, ...noAdmission } = good
-    const { observation: _o, ...noObservation } = good
-    for (const input of [null, undefined, "ready", 42, [], noLifecycle, noAdmission, noObservation, noLimits, { ...good, observation: null }, { ...good, admission: undefined }]) {
-      assertLeft(RequestGate.decide(input), "RequestGateError", "malformed_request_params")
-    }
-  })
-
-  it("refuses hostile inputs that throw when read, without throwing", () => {
-    const throwing = Object.defineProperty({ ...good }, "admission", {
-      get() {
-        throw new Error("https://secret.example/token")
-      }
-    })
-    assertLeft(RequestGate.decide(throwing), "RequestGateError", "malformed_request_params")
-    const { proxy, revoke } = Proxy.revocable({ ...good }, {})
-    revoke()
-    assertLeft(RequestGate.decide(proxy), "RequestGateError", "malformed_request_params")
-    const deepThrow = { ...good, observation: Object.defineProperty({}, "ramBytes", { get() { throw new Error("boom") }, enumerable: true }) }
-    assertLeft(RequestGate.decide(deepThrow), "RequestGateError", "malformed_request_params")
-  })
-
-  it.prop("any input at all yields a decision and never a throw", [fc.anything({ withBigInt: true, withMap: true, withSet: true, withTypedArray: true, withNullPrototype: true })], ([input]) => {
-    const result = RequestGate.decide(input)
-    assert.isTrue(Either.isEither(result))
-  }, { fastCheck: { numRuns: 2000 } })
-
-  it.prop("any field values yield a decision; only a fully valid ready input is admitted", [
+  it.prop("admits only when the circuit is closed, the runtime ready and alive, and a slot free; never past a bound", [
     fc.record({
-      lifecycle: fc.oneof(fc.constantFrom("ready", "stopped", "starting", "draining"), fc.anything()),
-      admission: fc.oneof(fc.record({ maxInFlight: fc.integer({ min: -1, max: 3 }), queueBound: fc.integer({ min: -1, max: 3 }), inFlight: fc.integer({ min: -1, max: 4 }), queued: fc.integer({ min: -1, max: 4 }) }), fc.anything()),
-      observation: fc.oneof(fc.record({ ramBytes: fc.double(), vramBytes: fc.double(), cpuPercent: fc.double() }), fc.anything()),
-      limits: fc.oneof(fc.record({ maxRamBytes: fc.double(), maxCpuPercent: fc.double() }), fc.anything())
-    }, { requiredKeys: [] })
-  ], ([input]) => {
-    const result = RequestGate.decide(input)
-    if (Either.isRight(result)) {
-      assert.strictEqual(input.lifecycle, "ready")
-      const a = input.admission as { inFlight: number; maxInFlight: number }
-      assert.isBelow(a.inFlight, a.maxInFlight)
+      now: fc.integer({ min: 0, max: 2_000 }),
+      openUntil: fc.option(fc.integer({ min: 0, max: 2_000 }), { nil: undefined }),
+      lifecycle: fc.constantFrom(...Lifecycle.LifecycleState.literals),
+      exiting: fc.boolean(),
+      unloadedIdle: fc.boolean(),
+      maxInFlight: fc.integer({ min: 1, max: 4 }),
+      queueBound: fc.integer({ min: 0, max: 4 }),
+      inFlightShare: fc.double({ min: 0, max: 1, noNaN: true }),
+      queuedShare: fc.double({ min: 0, max: 1, noNaN: true })
+    })
+  ], ([r]) => {
+    const inFlight = Math.round(r.inFlightShare * r.maxInFlight)
+    const queued = Math.round(r.queuedShare * r.queueBound)
+    const input: RequestGate.EntryInput = {
+      now: r.now,
+      circuit: { failures: [], openUntil: r.openUntil },
+      lifecycle: r.lifecycle,
+      exiting: r.exiting,
+      unloadedIdle: r.unloadedIdle,
+      admission: admission(inFlight, queued, r.maxInFlight, r.queueBound)
+    }
+    const result = RequestGate.enter(input)
+    const circuitOpen = r.openUntil !== undefined && r.now < r.openUntil
+    const expected = circuitOpen
+      ? "circuit_open"
+      : r.unloadedIdle && r.lifecycle === "stopped"
+      ? "reload"
+      : r.lifecycle !== "ready" || r.exiting
+      ? "not_ready"
+      : inFlight < r.maxInFlight
+      ? "admitted"
+      : queued < r.queueBound
+      ? "queued"
+      : "queue_full"
+    assert.strictEqual(Either.isRight(result) ? result.right._tag : result.left.reason, expected)
+    if (Either.isRight(result) && result.right._tag !== "reload") {
+      assert.isAtMost(result.right.admission.inFlight, r.maxInFlight)
+      assert.isAtMost(result.right.admission.queued, r.queueBound)
     }
   }, { fastCheck: { numRuns: 2000 } })
+})
+
+describe("RequestGate.checkResources", () => {
+  it("with a slot held, applies the ceilings in the order RAM, VRAM, CPU", () => {
+    assertRight(RequestGate.checkResources(calm, limits))
+    assertLeft(RequestGate.checkResources({ ...calm, ramBytes: 5 * GiB, cpuPercent: 95 }, limits), "ResourceError", "ram_over_limit")
+    assertLeft(RequestGate.checkResources({ ...calm, vramBytes: 2 * GiB, cpuPercent: 95 }, { ...limits, maxVramBytes: GiB }), "ResourceError", "vram_over_limit")
+    assertLeft(RequestGate.checkResources({ ...calm, cpuPercent: 95 }, limits), "ResourceError", "cpu_over_limit")
+  })
 })

@@ -4,15 +4,16 @@
 import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { Either, FastCheck as fc } from "effect"
+import { Either, FastCheck as fc, Schema } from "effect"
 import * as Api from "../../src/index.js"
 import * as Admission from "../../src/domain/Admission.js"
+import * as Circuit from "../../src/domain/Circuit.js"
 import type { DomainError } from "../../src/domain/Errors.js"
 import * as Integrity from "../../src/domain/Integrity.js"
 import * as Lifecycle from "../../src/domain/Lifecycle.js"
 import * as RequestGate from "../../src/domain/RequestGate.js"
 import * as ResourcePolicy from "../../src/domain/ResourcePolicy.js"
-import { assertCarriesNoInput, bytesOf, specFor } from "./fixtures.js"
+import { assertCarriesNoInput, bytesOf } from "./fixtures.js"
 
 const DOMAIN_DIR = join(import.meta.dirname, "../../src/domain")
 
@@ -54,24 +55,28 @@ describe("scan: no rejection carries its input", () => {
     assertNoLeak(v.update(bytesOf(2048)), [...secrets, "2048", "1024"])
   })
 
-  it("lifecycle, admission, resource and gate rejections carry no observed value", () => {
-    const odd = ["starting-31337", "31337", "4242424242", "77.123"]
-    assertNoLeak(Lifecycle.transition("starting-31337", "start"), odd)
-    assertNoLeak(Lifecycle.transition("stopped", "31337"), odd)
+  it("lifecycle, admission, resource, circuit and gate rejections carry no observed value", () => {
+    const odd = ["31337", "4242424242", "77.123"]
+    assertNoLeak(Lifecycle.transition("stopped", "drain"), odd)
     assertNoLeak(Admission.evaluate({ maxInFlight: 31337, queueBound: 31337, inFlight: 31337, queued: 31337 }), odd)
-    assertNoLeak(Admission.makeAdmissionState({ maxInFlight: -31337, queueBound: 1 }), odd)
+    assertNoLeak(Admission.recordEnqueue({ maxInFlight: 31337, queueBound: 31337, inFlight: 31337, queued: 31337 }), odd)
     const limits = { maxRamBytes: 4242424241, maxCpuPercent: 77 }
+    assertNoLeak(ResourcePolicy.checkLimits({ maxRamBytes: -31337, maxCpuPercent: 77.123 }), odd)
     assertNoLeak(ResourcePolicy.evaluateResources({ ramBytes: 4242424242, vramBytes: 0, cpuPercent: 1 }, limits), odd)
     assertNoLeak(ResourcePolicy.evaluateResources({ ramBytes: 1, vramBytes: 0, cpuPercent: 77.123 }, limits), odd)
-    assertNoLeak(ResourcePolicy.evaluateResources({ ramBytes: "4242424242" }, limits), odd)
-    assertNoLeak(RequestGate.decide({ lifecycle: "ready", admission: { maxInFlight: 1, queueBound: 1, inFlight: 1, queued: 1 }, observation: {}, limits }), odd)
-    assertNoLeak(RequestGate.decide({ secret: "31337" }), odd)
+    assertNoLeak(Circuit.check({ failures: [31337], openUntil: 4242424242 }, 31337), odd)
+    const admission = { maxInFlight: 31337, queueBound: 31337, inFlight: 31337, queued: 31337 }
+    const input = { now: 31337, circuit: Circuit.closed, lifecycle: "ready", exiting: false, unloadedIdle: false, admission } as const
+    assertNoLeak(RequestGate.enter(input), odd)
+    assertNoLeak(RequestGate.enter({ ...input, lifecycle: "draining" }), odd)
+    assertNoLeak(RequestGate.checkResources({ ramBytes: 4242424242, vramBytes: 0, cpuPercent: 77.123 }, limits), odd)
   })
 
   const secretText = fc.stringMatching(/^[a-z]{6,12}$/).map((s) => `zq${s}`)
   it.prop("random source URLs and specs never appear in a rejection", [secretText, secretText, fc.integer({ min: 100_000_000, max: 999_999_999 }), fc.constantFrom("http", "https", "ftp")], ([h, p, size, scheme]) => {
     const url = `${scheme}://${h}.example/${p}/file.gguf`
-    assertNoLeak(Integrity.checkSource(url, [`https://${p}.example/${h}`]), [h, p])
+    // The allowlist names another host, so the URL is always refused (h and p may coincide).
+    assertNoLeak(Integrity.checkSource(url, [`https://allowed-${p}.example/${h}`]), [h, p])
     assertNoLeak(Integrity.checkSpec({ sha256: `${h}${p}`, sizeBytes: size }), [h, p, String(size)])
   }, { fastCheck: { numRuns: 300 } })
 })
@@ -79,61 +84,56 @@ describe("scan: no rejection carries its input", () => {
 describe("fail-closed posture", () => {
   const hostile: ReadonlyArray<unknown> = [null, undefined, 0, -1, Number.NaN, "", "READY", {}, [], () => "ready", Symbol("x"), 10n, new Proxy({}, { get: () => "ready" })]
 
-  it("every decision refuses null, undefined and junk, and none throws", () => {
-    const decisions: ReadonlyArray<(x: unknown) => Either.Either<unknown, DomainError>> = [
+  // Past these boundaries the domain takes typed values only (a compile error otherwise); every
+  // boundary refuses junk, and none throws.
+  it("every parse boundary refuses null, undefined and junk, and none throws", () => {
+    const boundaries: ReadonlyArray<(x: unknown) => Either.Either<unknown, unknown>> = [
       Integrity.checkSpec,
       (x) => Integrity.checkSource(x, ["https://models.example.com/"]),
-      (x) => Integrity.checkSource("https://models.example.com/m", x as ReadonlyArray<unknown>),
-      (x) => Integrity.verifyBytes(x, specFor(bytesOf(8))),
-      (x) => Lifecycle.transition(x, "start"),
-      (x) => Lifecycle.transition("stopped", x),
-      Lifecycle.requireReady,
-      Admission.makeAdmissionState,
-      Admission.evaluate,
-      Admission.recordAdmit,
-      Admission.recordComplete,
-      Admission.recordEnqueue,
-      Admission.recordDequeue,
+      (x) => Integrity.checkSource("https://models.example.com/m", [x]),
       ResourcePolicy.checkLimits,
-      (x) => ResourcePolicy.evaluateResources(x, { maxRamBytes: 1, maxCpuPercent: 1 }),
-      (x) => ResourcePolicy.evaluateResources({ ramBytes: 0, vramBytes: 0, cpuPercent: 0 }, x),
-      RequestGate.decide
+      Schema.decodeUnknownEither(Admission.AdmissionLimits),
+      Schema.decodeUnknownEither(Lifecycle.LifecycleState),
+      Schema.decodeUnknownEither(Lifecycle.LifecycleEvent)
     ]
-    for (const decision of decisions) {
+    for (const boundary of boundaries) {
       for (const input of hostile) {
-        const result = decision(input)
-        assert.isTrue(Either.isLeft(result), `decision ${decisions.indexOf(decision)} admitted input ${hostile.indexOf(input)}`)
-        if (Either.isLeft(result)) assertCarriesNoInput(result.left)
+        const result = boundary(input)
+        assert.isTrue(Either.isLeft(result), `boundary ${boundaries.indexOf(boundary)} admitted input ${hostile.indexOf(input)}`)
+        const error = Either.isLeft(result) ? result.left : undefined
+        if (error instanceof Api.IntegrityError || error instanceof Api.ResourceError) assertCarriesNoInput(error)
       }
     }
-    for (const input of hostile) assert.isFalse(Lifecycle.canServe(input))
   })
 
-  it("a Proxy that claims to be ready everywhere is still refused by the gate", () => {
-    const liar = new Proxy({}, { get: (_t, key) => (key === "lifecycle" ? "ready" : new Proxy({}, { get: () => 1 })) })
-    assert.isTrue(Either.isLeft(RequestGate.decide(liar)))
+  it("a Proxy that answers every field with a plausible value is still refused at the boundaries", () => {
+    const liar = new Proxy({}, { get: (_t, key) => (key === "sha256" ? "a".repeat(64) : 1) })
+    assert.isTrue(Either.isLeft(Integrity.checkSpec(liar)))
+    assert.isTrue(Either.isLeft(ResourcePolicy.checkLimits(liar)))
   })
 })
 
 describe("no ambient authority", () => {
   it("the public API is exactly this list: decisions, errors, service tags and layers", () => {
     assert.deepStrictEqual(Object.keys(Api).sort(), [
-      "Admission", "AdmissionError", "CircuitOpenError", "ConfigFile", "DownloadError", "Downloader", "DownloaderLive",
-      "DownloaderTest", "GatewayError", "GatewayLive", "HealthError", "HealthProbe", "HealthProbeLive", "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle",
-      "LifecycleError", "LiveLayers", "MemoryFileSystem", "ModelStoreError", "QueueTimeoutError", "RequestGate",
-      "RequestGateError", "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError", "ResourceStatLive",
-      "ResourceStatTest", "RuntimeExitedError", "RuntimeManager", "RuntimeManagerConfig", "RuntimeManagerLive",
-      "SpawnError", "Spawner", "SpawnerLive", "SpawnerTest", "StartError", "TestLayers", "VerifiedModel", "transientDownloadReasons"
+      "Admission", "AdmissionError", "Circuit", "CircuitOpenError", "CompanionConfig", "DownloadError", "Downloader",
+      "DownloaderLive", "DownloaderTest", "Gateway", "GatewayError", "HealthError", "HealthProbe", "HealthProbeLive",
+      "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle", "LifecycleError", "LiveLayers", "MemoryFileSystem",
+      "ModelStore", "ModelStoreError", "ModelStoreLive", "ModelStoreTest", "QueueTimeoutError", "RequestGate",
+      "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError", "ResourceStatLive", "ResourceStatTest",
+      "RuntimeExitedError", "RuntimeManager", "RuntimeManagerLive", "SpawnError", "Spawner", "SpawnerLive", "SpawnerTest",
+      "StartError", "StoreFileError", "StoreFileSystem", "StoreFileSystemLive", "TestLayers", "transientDownloadReasons"
     ])
   })
 
   it("the decision modules export decisions and schemas only, nothing that acts", () => {
     const exported = (m: object) => Object.keys(m).sort()
-    assert.deepStrictEqual(exported(Api.Admission), ["AdmissionLimits", "AdmissionState", "evaluate", "makeAdmissionState", "recordAdmit", "recordComplete", "recordDequeue", "recordEnqueue"])
-    assert.deepStrictEqual(exported(Api.Integrity), ["ModelSpec", "Sha256Hex", "checkSource", "checkSpec", "makeVerifier", "verifyBytes"])
+    assert.deepStrictEqual(exported(Api.Admission), ["AdmissionLimits", "evaluate", "makeAdmissionState", "recordAdmit", "recordComplete", "recordDequeue", "recordEnqueue"])
+    assert.deepStrictEqual(exported(Api.Circuit), ["check", "closed", "isOpen", "recordFailure"])
+    assert.deepStrictEqual(exported(Api.Integrity), ["ModelSpec", "Sha256Hex", "SizeBytes", "checkSource", "checkSpec", "isAllowlistEntry", "makeVerifier", "verifyBytes"])
     assert.deepStrictEqual(exported(Api.Lifecycle), ["LifecycleEvent", "LifecycleState", "canServe", "initialState", "requireReady", "transition"])
-    assert.deepStrictEqual(exported(Api.RequestGate), ["decide"])
-    assert.deepStrictEqual(exported(Api.ResourcePolicy), ["ResourceLimits", "ResourceObservation", "checkLimits", "evaluateResources"])
+    assert.deepStrictEqual(exported(Api.RequestGate), ["checkResources", "enter"])
+    assert.deepStrictEqual(exported(Api.ResourcePolicy), ["ResourceLimits", "checkLimits", "evaluateResources"])
   })
 
   // Under mutation testing the sources on disk are Stryker's instrumented copies, not ours.
@@ -151,9 +151,9 @@ describe("no ambient authority", () => {
 
   it("every reason code maps to exactly one error class", () => {
     const classes = [
-      Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError, Api.RequestGateError,
+      Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError,
       Api.DownloadError, Api.ModelStoreError, Api.SpawnError, Api.HealthError, Api.ResourceStatError,
-      Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError, Api.GatewayError
+      Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError, Api.GatewayError, Api.StoreFileError
     ]
     const seen = new Map<string, string>()
     for (const cls of classes) {
@@ -167,12 +167,14 @@ describe("no ambient authority", () => {
         assert.isAbove(error.message.length, 10)
       }
     }
+    // The seed's reasons, less the five that only junk input produced (unknown_event, unknown_state,
+    // malformed_admission_state, malformed_observation, malformed_request_params): typed inputs cannot
+    // be junk, and junk is refused at the parse boundaries above.
     const seedReasons = [
       "malformed_spec", "source_not_allowed", "scheme_not_allowed", "size_mismatch", "digest_mismatch",
-      "accumulator_finalized", "accumulator_aborted", "invalid_transition", "not_ready", "unknown_event",
-      "unknown_state", "malformed_admission_state", "at_capacity", "queue_full", "malformed_limits",
-      "malformed_observation", "ram_over_limit", "vram_over_limit", "cpu_over_limit", "malformed_request_params",
-      "no_in_flight_to_complete"
+      "accumulator_finalized", "accumulator_aborted", "invalid_transition", "not_ready", "at_capacity",
+      "queue_full", "malformed_limits", "ram_over_limit", "vram_over_limit", "cpu_over_limit",
+      "no_in_flight_to_complete", "circuit_open"
     ]
     for (const reason of seedReasons) assert.isTrue(seen.has(reason), reason)
   })
