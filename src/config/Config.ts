@@ -1,0 +1,373 @@
+/**
+ * The one configuration. A single Schema, `CompanionConfigSchema`, holds every key, its type, its
+ * bounds and its default. Both ways in come from it:
+ *
+ * - `decodeFile(json)`: the `--config` file, refused with one "field: expected …" line per problem
+ *   (unknown keys included) and never a value, so a misplaced secret is not echoed;
+ * - `CompanionConfig`: a `Config` for the layers, read from whatever `ConfigProvider` is in place
+ *   (JSON, a map, the environment). It reads the keys the schema names, as text, and decodes them
+ *   with the same schema, so it has the same defaults and the same messages.
+ *
+ * Effect's `Config` combinators would be a second definition of every bound and default, which is
+ * what this module replaces; the walk below derives the readers from the schema instead.
+ */
+import {
+  Config,
+  ConfigError,
+  Duration,
+  Effect,
+  Either,
+  Option,
+  ParseResult,
+  Schema,
+  SchemaAST
+} from "effect"
+import * as Admission from "../domain/Admission.js"
+import type { IntegrityReason } from "../domain/Errors.js"
+import * as Integrity from "../domain/Integrity.js"
+import * as ResourcePolicy from "../domain/ResourcePolicy.js"
+
+// ---------------------------------------------------------------------------------------------
+// Field types
+// ---------------------------------------------------------------------------------------------
+
+const unitOf = (millis: number): string =>
+  millis % 60_000 === 0 ? `${millis / 60_000} minute` : millis % 1_000 === 0 ? `${millis / 1_000} second` : `${millis} milli`
+
+/** A duration written as text: `"500 millis"`, `"30 seconds"`, `"2 minutes"`. */
+export const DurationText = Schema.transformOrFail(Schema.String, Schema.DurationFromSelf, {
+  strict: true,
+  decode: (text, _, ast) =>
+    Option.match(Duration.decodeUnknown(text), {
+      onNone: () => ParseResult.fail(new ParseResult.Type(ast, text)),
+      onSome: (duration) => Duration.isFinite(duration) ? ParseResult.succeed(duration) : ParseResult.fail(new ParseResult.Type(ast, text))
+    }),
+  encode: (duration) => {
+    const millis = Duration.toMillis(duration)
+    const unit = unitOf(millis)
+    return ParseResult.succeed(unit.startsWith("1 ") ? unit : `${unit}s`)
+  }
+}).annotations({ identifier: "a duration such as \"500 millis\" or \"2 minutes\"" })
+
+const PositiveDuration = DurationText.pipe(Schema.filter((d) => Duration.toMillis(d) > 0))
+  .annotations({ identifier: "a positive duration such as \"500 millis\" or \"2 minutes\"" })
+
+const PositiveInt = Schema.Int.pipe(Schema.positive(), Schema.lessThanOrEqualTo(Number.MAX_SAFE_INTEGER))
+  .annotations({ identifier: "a positive integer" })
+const NonNegativeInt = Schema.Int.pipe(Schema.nonNegative(), Schema.lessThanOrEqualTo(Number.MAX_SAFE_INTEGER))
+  .annotations({ identifier: "a non-negative integer" })
+const Text = Schema.String.pipe(Schema.minLength(1)).annotations({ identifier: "a non-empty string" })
+
+const AllowlistEntry = Schema.String.pipe(Schema.filter((entry) => Integrity.isAllowlistEntry(entry)))
+  .annotations({ identifier: "an https URL prefix without credentials, query or fragment" })
+
+const Origin = Schema.String.pipe(
+  Schema.filter((origin) => URL.canParse(origin) && new URL(origin).origin === origin)
+).annotations({ identifier: "an origin such as \"http://localhost:3000\"" })
+
+const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]*$/))
+  .annotations({ identifier: "an environment variable name" })
+
+const Port = Schema.Int.pipe(Schema.between(0, 65_535)).annotations({ identifier: "a port number (0 picks one)" })
+
+const MiB = 1024 * 1024
+const GiB = 1024 * MiB
+
+const withDefault = <S extends Schema.Schema.Any>(schema: S, value: Schema.Schema.Type<S>) =>
+  Schema.optionalWith(schema, { default: () => value, exact: true })
+
+const off = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { as: "Option", exact: true })
+
+/** A section whose every field has a default may be left out; it then takes those defaults. */
+const section = <Fields extends Schema.Struct.Fields>(fields: Fields) => {
+  const struct = Schema.Struct(fields)
+  // Every field of a section has a default (or is off), and none needs a service.
+  const defaults = Schema.decodeUnknownSync(struct as unknown as Schema.Schema<Schema.Schema.Type<typeof struct>>)({})
+  return Schema.optionalWith(struct, { default: () => defaults, exact: true })
+}
+
+/** `{ sha256, sizeBytes, source }` in the file; a checked `ModelSpec` and a parsed URL once decoded. */
+const ModelEntry = Schema.transform(
+  Schema.Struct({
+    sha256: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)).annotations({ identifier: "64 lowercase hex digits" }),
+    sizeBytes: Integrity.SizeBytes.annotations({ identifier: "a positive integer" }),
+    source: Schema.String.pipe(Schema.filter((s) => URL.canParse(s))).annotations({ identifier: "an https URL" })
+  }),
+  Schema.Struct({ spec: Schema.typeSchema(Integrity.ModelSpec), source: Schema.URLFromSelf }),
+  {
+    strict: true,
+    decode: ({ sha256, sizeBytes, source }) => ({ spec: Integrity.ModelSpec.make({ sha256: sha256 as Integrity.Sha256Hex, sizeBytes }), source: new URL(source) }),
+    encode: ({ source, spec }) => ({ sha256: spec.sha256, sizeBytes: spec.sizeBytes, source: source.href })
+  }
+)
+
+// ---------------------------------------------------------------------------------------------
+// The schema
+// ---------------------------------------------------------------------------------------------
+
+/** The environment a runtime sees: enough to find programs and libraries, pick a locale and a GPU; nothing that holds a secret. */
+export const defaultEnvAllowlist: ReadonlyArray<string> = [
+  "PATH",
+  "HOME",
+  "LANG",
+  "LC_ALL",
+  "TZ",
+  "TMPDIR",
+  "CUDA_VISIBLE_DEVICES",
+  "HIP_VISIBLE_DEVICES",
+  "ROCR_VISIBLE_DEVICES"
+]
+
+const sourceMessages: Partial<Record<IntegrityReason, string>> = {
+  scheme_not_allowed: "must use https",
+  source_not_allowed: "is not under any allowedSources entry"
+}
+
+export const CompanionConfigSchema = Schema.Struct({
+  /** Where verified models live: `<storeDir>/<sha256>`. */
+  storeDir: withDefault(Text, ".companion-runtime/models"),
+  model: ModelEntry,
+  /** URL prefixes a download, and every redirect hop of it, may come from. */
+  allowedSources: withDefault(Schema.Array(AllowlistEntry), []),
+  admission: section({
+    maxInFlight: withDefault(Admission.AdmissionLimits.fields.maxInFlight, 4),
+    queueBound: withDefault(Admission.AdmissionLimits.fields.queueBound, 64),
+    queueTimeout: off(PositiveDuration)
+  }),
+  resources: section({
+    maxRamBytes: withDefault(ResourcePolicy.ResourceLimits.fields.maxRamBytes, 8 * GiB),
+    maxVramBytes: ResourcePolicy.ResourceLimits.fields.maxVramBytes,
+    maxCpuPercent: withDefault(ResourcePolicy.ResourceLimits.fields.maxCpuPercent, 100)
+  }),
+  /** How long one resource observation serves the requests that follow; 0 observes every request. */
+  maxObservationAge: withDefault(DurationText.pipe(Schema.filter((d) => Duration.toMillis(d) >= 0)), Duration.seconds(1)),
+  health: section({
+    firstProbeInterval: withDefault(PositiveDuration, Duration.millis(50)),
+    maxProbeInterval: withDefault(PositiveDuration, Duration.seconds(1)),
+    probeTimeout: withDefault(PositiveDuration, Duration.seconds(2)),
+    loadDeadline: withDefault(PositiveDuration, Duration.minutes(2))
+  }),
+  download: section({
+    retries: withDefault(NonNegativeInt, 5),
+    retryBase: withDefault(PositiveDuration, Duration.millis(500)),
+    retryMax: withDefault(PositiveDuration, Duration.seconds(30)),
+    lockWait: withDefault(PositiveDuration, Duration.minutes(15)),
+    connectTimeout: withDefault(PositiveDuration, Duration.seconds(10)),
+    stallTimeout: withDefault(PositiveDuration, Duration.seconds(30)),
+    caFiles: withDefault(Schema.Array(Text), [])
+  }),
+  restart: section({
+    enabled: withDefault(Schema.Boolean, true),
+    maxFailures: withDefault(PositiveInt, 5),
+    window: withDefault(PositiveDuration, Duration.minutes(5)),
+    cooldown: withDefault(PositiveDuration, Duration.minutes(5)),
+    backoffBase: withDefault(PositiveDuration, Duration.seconds(1)),
+    backoffMax: withDefault(PositiveDuration, Duration.seconds(30))
+  }),
+  stopGrace: withDefault(PositiveDuration, Duration.seconds(5)),
+  idleTtl: off(PositiveDuration),
+  runtime: section({
+    kind: withDefault(Schema.Literal("llama.cpp", "ollama"), "llama.cpp"),
+    binary: withDefault(Text, "llama-server"),
+    contextSize: off(PositiveInt),
+    threads: off(PositiveInt),
+    envAllowlist: withDefault(Schema.Array(EnvName), defaultEnvAllowlist),
+    addressTimeout: withDefault(PositiveDuration, Duration.seconds(60))
+  }),
+  gateway: section({
+    port: withDefault(Port, 0),
+    allowedOrigins: withDefault(Schema.Array(Origin), []),
+    token: off(Schema.Redacted(Text)),
+    maxBodyBytes: withDefault(PositiveInt.pipe(Schema.lessThanOrEqualTo(GiB)).annotations({ identifier: "a positive integer up to 1 GiB" }), 8 * MiB),
+    retryAfterSeconds: withDefault(PositiveInt, 1)
+  })
+}).pipe(
+  Schema.filter((config) =>
+    Either.match(Integrity.checkSource(config.model.source, config.allowedSources), {
+      onLeft: (error) => ({ path: ["model", "source"], message: sourceMessages[error.reason] ?? "expected an https URL" }),
+      onRight: () => undefined
+    })
+  )
+)
+
+export type CompanionConfig = typeof CompanionConfigSchema.Type
+export type CompanionConfigFile = typeof CompanionConfigSchema.Encoded
+
+// ---------------------------------------------------------------------------------------------
+// Problems: "field: expected …", never a value
+// ---------------------------------------------------------------------------------------------
+
+export interface Problem {
+  readonly path: ReadonlyArray<string>
+  /** "required", "not a known field", "expected …", or a fixed message of this module. */
+  readonly text: string
+}
+
+const IDENTIFIER = Symbol.for("effect/annotation/Identifier")
+
+const identifierOf = (ast: SchemaAST.AST): string | undefined => {
+  const identifier = ast.annotations[IDENTIFIER]
+  return typeof identifier === "string" ? identifier : undefined
+}
+
+const expectedOf = (ast: SchemaAST.AST): string =>
+  identifierOf(ast) ?? (SchemaAST.isRefinement(ast) || SchemaAST.isTransformation(ast) ? expectedOf(ast.from) : String(ast))
+
+/** Walk a parse issue into problems. The actual values are never read. */
+export const problemsOf = (issue: ParseResult.ParseIssue, path: ReadonlyArray<string> = []): Array<Problem> => {
+  switch (issue._tag) {
+    case "Pointer":
+      return problemsOf(issue.issue, [...path, ...(Array.isArray(issue.path) ? issue.path : [issue.path]).map(String)])
+    case "Composite":
+      return ((Array.isArray(issue.issues) ? issue.issues : [issue.issues]) as ReadonlyArray<ParseResult.ParseIssue>)
+        .flatMap((i) => problemsOf(i, path))
+    case "Missing":
+      return [{ path, text: "required" }]
+    case "Unexpected":
+      return [{ path, text: "not a known field" }]
+    case "Refinement":
+    case "Transformation": {
+      // A named type is reported by its name, whichever of its inner checks failed.
+      const named = identifierOf(issue.ast)
+      if (named !== undefined) return [{ path, text: `expected ${named}` }]
+      // A filter of this module that points at a field (the allowlist check) reports there.
+      if (issue._tag === "Refinement" && issue.kind === "Predicate" && issue.issue._tag === "Pointer") return problemsOf(issue.issue, path)
+      return issue.kind === "Predicate" || issue.kind === "Transformation"
+        ? [{ path, text: `expected ${expectedOf(issue.ast)}` }]
+        : problemsOf(issue.issue, path)
+    }
+    case "Type":
+      // Messages are set only by this module's own filters, each a fixed text; the value is never read.
+      return [{ path, text: issue.message ?? `expected ${expectedOf(issue.ast)}` }]
+    case "Forbidden":
+      return [{ path, text: "not allowed" }]
+  }
+}
+
+export const formatProblem = (problem: Problem): string =>
+  `${problem.path.length === 0 ? "(root)" : problem.path.join(".")}: ${problem.text}`
+
+const uniqueProblems = (issue: ParseResult.ParseIssue): Array<Problem> => {
+  const seen = new Set<string>()
+  return problemsOf(issue).filter((p) => {
+    const key = formatProblem(p)
+    return seen.has(key) ? false : (seen.add(key), true)
+  })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file
+// ---------------------------------------------------------------------------------------------
+
+/** A config file that could not be used; `problems` are "field: expected …" lines, no values. */
+export class ConfigFileError extends Schema.TaggedError<ConfigFileError>("companion-runtime/ConfigFileError")(
+  "ConfigFileError",
+  { reason: Schema.Literal("unreadable", "not_json", "invalid"), problems: Schema.Array(Schema.String) }
+) {
+  override get message(): string {
+    return this.reason === "unreadable"
+      ? "The config file could not be read."
+      : this.reason === "not_json"
+      ? "The config file is not valid JSON."
+      : `The config file is invalid:\n${this.problems.map((p) => `  - ${p}`).join("\n")}`
+  }
+}
+
+/** The file's JSON, decoded: unknown keys refused, every problem listed. */
+export const decodeFile = (json: unknown): Effect.Effect<CompanionConfig, ConfigFileError> =>
+  Schema.decodeUnknown(CompanionConfigSchema, { onExcessProperty: "error", errors: "all" })(json).pipe(
+    Effect.mapError((error) => new ConfigFileError({ reason: "invalid", problems: uniqueProblems(error.issue).map(formatProblem) }))
+  )
+
+/** The text of a config file: JSON, then `decodeFile`. */
+export const parseFile = (text: string): Effect.Effect<CompanionConfig, ConfigFileError> =>
+  Effect.flatMap(
+    Effect.try({ try: () => JSON.parse(text) as unknown, catch: () => new ConfigFileError({ reason: "not_json", problems: [] }) }),
+    decodeFile
+  )
+
+/** The configuration as the file would write it (durations as text, the token in clear). */
+export const encode = (config: CompanionConfig): CompanionConfigFile => Schema.encodeSync(CompanionConfigSchema)(config)
+
+// ---------------------------------------------------------------------------------------------
+// The layers' Config
+// ---------------------------------------------------------------------------------------------
+
+const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i
+
+/** A leaf read as text and turned into the JSON type the schema's encoded side expects; text that is not one stays text, so the schema refuses it. */
+const leafOf = (ast: SchemaAST.AST, name: string): Config.Config<Option.Option<unknown>> | undefined => {
+  switch (ast._tag) {
+    case "StringKeyword":
+    case "Literal":
+    case "TemplateLiteral":
+      return Config.option(Config.string(name))
+    case "NumberKeyword":
+      return Config.option(Config.map(Config.string(name), (text) => (NUMBER.test(text.trim()) ? Number(text) : text)))
+    case "BooleanKeyword":
+      return Config.option(Config.map(Config.string(name), (text) => (text === "true" ? true : text === "false" ? false : text)))
+    case "Union": {
+      const members = ast.types.filter((t) => t._tag !== "UndefinedKeyword")
+      return members.length === 1 ? leafOf(members[0]!, name) : members.every((t) => t._tag === "Literal") ? Config.option(Config.string(name)) : undefined
+    }
+    case "TupleType": {
+      const element = ast.rest[0]?.type
+      return ast.elements.length === 0 && element !== undefined && (element._tag === "StringKeyword" || element._tag === "Literal")
+        ? Config.option(Config.array(Config.string(), name))
+        : undefined
+    }
+    case "TypeLiteral":
+      return Config.nested(structOf(ast), name)
+    default:
+      return undefined
+  }
+}
+
+/** Every property of a struct, read as an option; a section with no key present is absent. */
+const structOf = (ast: SchemaAST.TypeLiteral): Config.Config<Option.Option<Record<string, unknown>>> => {
+  const entries = ast.propertySignatures.map((p) => {
+    const name = String(p.name)
+    const reader = leafOf(p.type, name)
+    if (reader === undefined) throw new Error(`config: no reader for the key ${name}`)
+    return [name, reader] as const
+  })
+  return Config.map(Config.all(Object.fromEntries(entries)), (values) => {
+    const present = Object.entries(values as Record<string, Option.Option<unknown>>)
+      .flatMap(([key, value]) => (Option.isSome(value) ? [[key, value.value] as const] : []))
+    return present.length === 0 ? Option.none() : Option.some(Object.fromEntries(present))
+  })
+}
+
+const encodedStruct = (): SchemaAST.TypeLiteral => {
+  const ast = Schema.encodedSchema(CompanionConfigSchema).ast
+  if (!SchemaAST.isTypeLiteral(ast)) throw new Error("config: the schema's encoded side is not a struct")
+  return ast
+}
+
+const toConfigError = (problems: ReadonlyArray<Problem>): ConfigError.ConfigError =>
+  problems
+    .map((p) => ConfigError.InvalidData([...p.path], p.text))
+    .reduce((left, right) => ConfigError.And(left, right))
+
+/**
+ * The whole configuration from the `ConfigProvider` in context, decoded by the same schema as the
+ * file (unknown keys in the provider are not read). A failure is a `ConfigError` per problem, each
+ * naming its path and what was expected, never the value.
+ */
+export const CompanionConfig: Config.Config<CompanionConfig> = Config.mapOrFail(
+  structOf(encodedStruct()),
+  (raw) =>
+    Either.mapLeft(
+      Schema.decodeUnknownEither(CompanionConfigSchema, { errors: "all" })(Option.getOrElse(raw, () => ({}))),
+      (error) => toConfigError(uniqueProblems(error.issue))
+    )
+)
+
+/** Every key of the schema as a dotted path, in declaration order. */
+export const keys = (): ReadonlyArray<string> => {
+  const walk = (ast: SchemaAST.TypeLiteral, prefix: string): Array<string> =>
+    ast.propertySignatures.flatMap((p) =>
+      SchemaAST.isTypeLiteral(p.type) ? walk(p.type, `${prefix}${String(p.name)}.`) : [`${prefix}${String(p.name)}`]
+    )
+  return walk(encodedStruct(), "")
+}

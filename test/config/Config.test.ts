@@ -1,0 +1,179 @@
+/**
+ * One configuration: the file decoder and the layers' Config come from one schema, so every key
+ * reads the same both ways, the defaults are one set (and the docs' table is checked against it),
+ * and a refusal names the field and what it expected, never the value.
+ */
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, ConfigProvider, Duration, Effect, Exit, Option, Redacted, Schema } from "effect"
+import { CompanionConfig, CompanionConfigSchema, decodeFile, encode, keys } from "../../src/config/Config.js"
+
+const MODEL = { sha256: "ab".repeat(32), sizeBytes: 1234, source: "https://models.example.com/org/repo/resolve/abc/m.gguf" }
+
+/** Every key set, none to its default. */
+const full = {
+  storeDir: "/var/lib/companion/models",
+  model: MODEL,
+  allowedSources: ["https://models.example.com/org/repo/resolve/abc/", "https://cdn.example.net/"],
+  admission: { maxInFlight: 3, queueBound: 0, queueTimeout: "7 seconds" },
+  resources: { maxRamBytes: 123_456_789, maxVramBytes: 987_654_321, maxCpuPercent: 55.5 },
+  maxObservationAge: "250 millis",
+  health: { firstProbeInterval: "10 millis", maxProbeInterval: "3 seconds", probeTimeout: "4 seconds", loadDeadline: "3 minutes" },
+  download: {
+    retries: 0,
+    retryBase: "2 seconds",
+    retryMax: "1 minute",
+    lockWait: "2 minutes",
+    connectTimeout: "3 seconds",
+    stallTimeout: "45 seconds",
+    caFiles: ["/etc/ca/a.pem", "/etc/ca/b.pem"]
+  },
+  restart: { enabled: false, maxFailures: 9, window: "10 minutes", cooldown: "1 minute", backoffBase: "250 millis", backoffMax: "5 seconds" },
+  stopGrace: "9 seconds",
+  idleTtl: "30 minutes",
+  runtime: { kind: "ollama", binary: "/opt/ollama/bin/ollama", contextSize: 8192, threads: 6, envAllowlist: ["PATH", "HOME"], addressTimeout: "90 seconds" },
+  gateway: { port: 8089, allowedOrigins: ["http://localhost:3000"], token: "a-long-random-token", maxBodyBytes: 1_048_576, retryAfterSeconds: 3 }
+}
+
+type Json = { readonly [key: string]: unknown }
+
+const at = (json: Json, path: string): unknown =>
+  path.split(".").reduce<unknown>((node, key) => (node as Json | undefined)?.[key], json)
+
+/** The same settings as a flat map of text, as an environment would hold them (lists comma-separated). */
+const flat = (json: Json, prefix = ""): Array<readonly [string, string]> =>
+  Object.entries(json).flatMap(([key, value]) =>
+    typeof value === "object" && value !== null && !Array.isArray(value)
+      ? flat(value as Json, `${prefix}${key}.`)
+      : [[`${prefix}${key}`, Array.isArray(value) ? value.join(",") : String(value)] as const]
+  )
+
+const fromProvider = (provider: ConfigProvider.ConfigProvider) => Effect.withConfigProvider(CompanionConfig, provider)
+
+describe("one configuration", () => {
+  it("the full example sets every key the schema has", () => {
+    for (const key of keys()) assert.isDefined(at(full, key), `${key} is not set in the test's full config`)
+    assert.deepStrictEqual([...keys()].sort(), flat(full).map(([k]) => k).sort())
+  })
+
+  it.effect("every key decoded from a file equals the same key read through a ConfigProvider (JSON, and a flat map of text)", () =>
+    Effect.gen(function*() {
+      const fromFile = yield* decodeFile(full)
+      const fromJson = yield* fromProvider(ConfigProvider.fromJson(full))
+      const fromMap = yield* fromProvider(ConfigProvider.fromMap(new Map(flat(full)), { pathDelim: ".", seqDelim: "," }))
+      const written = encode(fromFile)
+      // Each way reads every key, and reads it as the file gives it.
+      for (const key of keys()) {
+        assert.deepStrictEqual(at(encode(fromJson) as Json, key), at(written as Json, key), key)
+        assert.deepStrictEqual(at(encode(fromMap) as Json, key), at(written as Json, key), key)
+        assert.deepStrictEqual(at(written as Json, key), at(full, key), key)
+      }
+      // Typed on the way in: durations, options, the token redacted, the model a checked spec and a URL.
+      assert.isTrue(Duration.equals(fromMap.admission.queueTimeout.pipe(Option.getOrThrow), Duration.seconds(7)))
+      assert.strictEqual(Redacted.value(Option.getOrThrow(fromJson.gateway.token)), "a-long-random-token")
+      assert.notInclude(String(Option.getOrThrow(fromJson.gateway.token)), "a-long-random-token")
+      assert.instanceOf(fromFile.model.source, URL)
+      assert.strictEqual(fromFile.model.spec.sha256, MODEL.sha256)
+    }))
+
+  it.effect("the same defaults both ways, and the queue timeout, idle unload, VRAM ceiling, context, threads and token are off unless set", () =>
+    Effect.gen(function*() {
+      const minimal = { model: MODEL, allowedSources: full.allowedSources }
+      const fromFile = yield* decodeFile(minimal)
+      const fromJson = yield* fromProvider(ConfigProvider.fromJson(minimal))
+      assert.deepStrictEqual(encode(fromJson), encode(fromFile))
+      assert.strictEqual(fromFile.admission.maxInFlight, 4)
+      assert.strictEqual(fromFile.admission.queueBound, 64)
+      assert.isTrue(Option.isNone(fromFile.admission.queueTimeout))
+      assert.isTrue(Option.isNone(fromFile.idleTtl))
+      assert.isFalse("maxVramBytes" in fromFile.resources)
+      assert.isTrue(Option.isNone(fromFile.runtime.contextSize) && Option.isNone(fromFile.runtime.threads))
+      assert.isTrue(Option.isNone(fromFile.gateway.token))
+      assert.strictEqual(fromFile.restart.enabled, true)
+    }))
+
+  it.effect("the bounds the two readers used to disagree on are one set now", () =>
+    Effect.gen(function*() {
+      const both = (patch: Json) => {
+        const json = { model: MODEL, allowedSources: full.allowedSources, ...patch }
+        return Effect.all([Effect.exit(decodeFile(json)), Effect.exit(fromProvider(ConfigProvider.fromJson(json)))])
+      }
+      const verdict = (exits: ReadonlyArray<Exit.Exit<unknown, unknown>>) => exits.map(Exit.isSuccess)
+      // A queue bound of 0 (no waiting) is valid; so is a fractional CPU share; 0 % is not.
+      assert.deepStrictEqual(verdict(yield* both({ admission: { queueBound: 0 } })), [true, true])
+      assert.deepStrictEqual(verdict(yield* both({ resources: { maxCpuPercent: 0.5 } })), [true, true])
+      assert.deepStrictEqual(verdict(yield* both({ resources: { maxCpuPercent: 0 } })), [false, false])
+      assert.deepStrictEqual(verdict(yield* both({ resources: { maxCpuPercent: 100.5 } })), [false, false])
+      // The body limit is checked too.
+      assert.deepStrictEqual(verdict(yield* both({ gateway: { maxBodyBytes: 0 } })), [false, false])
+      assert.deepStrictEqual(verdict(yield* both({ gateway: { maxBodyBytes: 2 * 1024 ** 3 } })), [false, false])
+      assert.deepStrictEqual(verdict(yield* both({ admission: { maxInFlight: 0 } })), [false, false])
+    }))
+
+  it.effect("the model's source must be under allowedSources, and https", () =>
+    Effect.gen(function*() {
+      const outside = yield* Effect.flip(decodeFile({ model: { ...MODEL, source: "https://elsewhere.example/m.gguf" }, allowedSources: full.allowedSources }))
+      assert.include(outside.problems, "model.source: is not under any allowedSources entry")
+      const plain = yield* Effect.flip(decodeFile({ model: { ...MODEL, source: "http://models.example.com/org/repo/resolve/abc/m.gguf" }, allowedSources: full.allowedSources }))
+      assert.include(plain.problems, "model.source: must use https")
+      const badEntry = yield* Effect.flip(decodeFile({ model: MODEL, allowedSources: ["https://user:pw@models.example.com/org"] }))
+      assert.include(badEntry.problems, "allowedSources.0: expected an https URL prefix without credentials, query or fragment")
+    }))
+
+  it.effect("names the field and what it expected, never the value, in the file and through Config", () =>
+    Effect.gen(function*() {
+      const secretSource = "https://tenant-991.example/private/m.gguf"
+      const cases: ReadonlyArray<Json> = [
+        { model: { ...MODEL, sha256: "SECRETDIGEST", source: secretSource } },
+        { model: MODEL, admission: { maxInFlight: -3 } },
+        { model: MODEL, resources: { maxCpuPercent: 250 } },
+        { model: MODEL, health: { loadDeadline: "0 millis" } },
+        { model: MODEL, health: { loadDeadline: "4 parsecs-of-secret" } },
+        { model: MODEL, gateway: { token: "", allowedOrigins: ["https://secret-origin.example/path"] } },
+        { model: { ...MODEL, source: secretSource } }
+      ]
+      for (const patch of cases) {
+        const json = { allowedSources: full.allowedSources, ...patch }
+        const fileError = yield* Effect.flip(decodeFile(json))
+        const configExit = yield* Effect.exit(fromProvider(ConfigProvider.fromJson(json)))
+        assert.isTrue(Exit.isFailure(configExit))
+        for (const text of [fileError.message, Exit.isFailure(configExit) ? Cause.pretty(configExit.cause) : ""]) {
+          for (const secret of ["SECRETDIGEST", "tenant-991", "-3", "250", "parsecs", "secret-origin"]) assert.notInclude(text, secret)
+          assert.match(text, /expected|is not under/)
+        }
+      }
+    }))
+
+  it.effect("unknown keys are refused in the file (a typo is not ignored)", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(decodeFile({ model: MODEL, allowedSources: full.allowedSources, admision: { maxInFlight: 2 } }))
+      assert.deepStrictEqual(error.problems, ["admision: not a known field"])
+    }))
+})
+
+describe("docs/api.md: the defaults table", () => {
+  const doc = readFileSync(join(import.meta.dirname, "../../docs/api.md"), "utf8")
+  const section = /## Configuration\n([\s\S]*?)\n## /.exec(doc)?.[1] ?? ""
+  const rows = new Map(
+    [...section.matchAll(/^\| `([^`]+)` \| ([^|]+) \|/gm)].map((m) => [m[1] ?? "", (m[2] ?? "").trim()] as const)
+  )
+  // The schema without its cross-field check, so defaults can be read from `{ model }` alone.
+  const struct = CompanionConfigSchema.from
+  const defaults = Schema.encodeSync(struct)(Schema.decodeUnknownSync(struct)({ model: MODEL })) as Json
+
+  it("has a row for every key and no other", () => {
+    assert.deepStrictEqual([...rows.keys()].sort(), [...keys()].sort())
+  })
+
+  it("shows each key's default as the schema has it: required, off, or the value", () => {
+    for (const key of keys()) {
+      const cell = rows.get(key) ?? ""
+      const required = key.startsWith("model.")
+      const value = at(defaults, key)
+      if (required) assert.strictEqual(cell, "required", key)
+      else if (value === undefined) assert.strictEqual(cell, "off", key)
+      else assert.deepStrictEqual(JSON.parse(/^`(.*)`$/.exec(cell)?.[1] ?? "null"), value, key)
+    }
+  })
+})
