@@ -48,15 +48,29 @@ export class DownloadError extends Schema.TaggedError<DownloadError>("companion-
   }
 }
 
+const storeFileMessages = {
+  file_missing: "A file in the model store does not exist.",
+  file_exists: "A file in the model store already exists.",
+  not_a_file: "A model store path holds a link, directory or special file where a regular file belongs.",
+  file_io_failed: "The model store could not read or write a file."
+} as const
+
+/** Failures of the store's file operations (`StoreFileSystem`); the store maps them into `ModelStoreError`. */
+export class StoreFileError extends ReasonError("StoreFileError", storeFileMessages) {}
+
 const modelStoreMessages = {
   io_failed: "The model store could not read or write a file.",
-  store_locked: "Another process is writing this model."
+  store_locked: "Another process is writing this model.",
+  not_stored: "The model is not in the store.",
+  entry_replaced: "A file in the model store was replaced while it was being written.",
+  model_changed: "The stored model changed after it was verified."
 } as const
 
 export class ModelStoreError extends ReasonError("ModelStoreError", modelStoreMessages) {}
 
 const spawnMessages = {
   spawn_failed: "The runtime process could not be started.",
+  unverified_model: "Only a model verified by the model store can be started.",
   address_not_reported: "The runtime did not report its listening address.",
   exited_early: "The runtime process exited before it reported its address."
 } as const
@@ -96,10 +110,6 @@ export class RuntimeExitedError extends ReasonError("RuntimeExitedError", runtim
 
 export class QueueTimeoutError extends ReasonError("QueueTimeoutError", {
   queue_timeout: "The request waited in the queue for too long."
-}) {}
-
-export class CircuitOpenError extends ReasonError("CircuitOpenError", {
-  circuit_open: "The runtime failed too often; starts are refused until the circuit cools down."
 }) {}
 
 const gatewayMessages = {
