@@ -1,7 +1,7 @@
 /**
  * One measured download, in a fresh process so its peak RSS is its own. Prints one JSON line:
  * { ms, cpuMs, maxRssMiB, baselineRssMiB } (cpuMs: this process's user + system time). Variants:
- *   ensureModel  RuntimeManager.ensureModel over DownloaderLive onto disk (verify while streaming,
+ *   ensureModel  ModelStore.ensure over DownloaderLive onto disk (verify while streaming,
  *                fsync, rename)
  *   plain        undici body piped to a file: no verification at all
  *   then-hash    plain, then a second pass reading the file through SHA-256 (what Ollama does)
@@ -11,15 +11,14 @@ import { createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync } 
 import { rootCertificates } from "node:tls"
 import { pipeline } from "node:stream/promises"
 import { performance } from "node:perf_hooks"
-import { NodeContext } from "@effect/platform-node"
+import { NodePath } from "@effect/platform-node"
 import * as Undici from "@effect/platform-node/Undici"
-import { ConfigProvider, Effect, Layer, ManagedRuntime } from "effect"
+import { Effect, Either, Layer, ManagedRuntime } from "effect"
+import * as Integrity from "../src/domain/Integrity.js"
 import * as DownloaderLive from "../src/layers/DownloaderLive.js"
-import * as HealthProbeTest from "../src/layers/HealthProbeTest.js"
-import * as ResourceStatTest from "../src/layers/ResourceStatTest.js"
-import * as RuntimeManagerLive from "../src/layers/RuntimeManagerLive.js"
-import * as SpawnerTest from "../src/layers/SpawnerTest.js"
-import { RuntimeManager, RuntimeManagerConfig } from "../src/services/RuntimeManager.js"
+import * as ModelStoreLive from "../src/layers/ModelStoreLive.js"
+import * as StoreFileSystemLive from "../src/layers/StoreFileSystemLive.js"
+import { ModelStore } from "../src/services/ModelStore.js"
 
 const [variant = "", url = "", caFile = "", sha256 = "", size = "0", dir = ""] = process.argv.slice(2)
 const ca = readFileSync(caFile, "utf8")
@@ -41,33 +40,23 @@ const hashFile = (path: string) =>
   })
 
 const ensureModel = async () => {
-  const config = await Effect.runPromise(
-    Effect.withConfigProvider(
-      RuntimeManagerConfig,
-      ConfigProvider.fromJson({
-        storeDir: dir,
-        model: { sha256, sizeBytes: Number(size), source: url },
-        allowedSources: [new URL("/bench/", url).href]
-      })
-    )
-  )
-  const layer = RuntimeManagerLive.layer(config).pipe(
+  const allowedSources = [new URL("/bench/", url).href]
+  const spec = Either.getOrThrow(Integrity.checkSpec({ sha256, sizeBytes: Number(size) }))
+  const layer = ModelStoreLive.layer({ storeDir: dir, allowedSources, retries: 5, retryBase: "500 millis", retryMax: "30 seconds", lockWait: "1 minute" }).pipe(
     Layer.provide(
       Layer.mergeAll(
-        NodeContext.layer,
-        DownloaderLive.layer({ allowedSources: config.allowedSources, extraCaCertificates: [ca] }),
-        SpawnerTest.layer,
-        HealthProbeTest.layer,
-        ResourceStatTest.layer
+        NodePath.layer,
+        StoreFileSystemLive.layer,
+        DownloaderLive.layer({ allowedSources, extraCaCertificates: [ca] })
       )
     )
   )
   // The layer is built once when a service starts; the download is what is measured.
   const runtime = ManagedRuntime.make(layer)
-  const manager = await runtime.runPromise(RuntimeManager)
+  const store = await runtime.runPromise(ModelStore)
   const cpu = process.cpuUsage()
   const started = performance.now()
-  await runtime.runPromise(manager.ensureModel(config.model.spec, url))
+  await runtime.runPromise(Effect.scoped(store.ensure(spec, new URL(url))))
   const ms = performance.now() - started
   const used = process.cpuUsage(cpu)
   await runtime.dispose()

@@ -1,9 +1,8 @@
 /** Shared by the manager tests: a model, a configuration read through Config, and assertions. */
 import { assert } from "@effect/vitest"
 import { Cause, ConfigProvider, Effect, Exit, Layer, Option } from "effect"
-import * as RuntimeManagerLive from "../../src/layers/RuntimeManagerLive.js"
+import { CompanionConfig } from "../../src/config/Config.js"
 import * as TestLayers from "../../src/layers/TestLayers.js"
-import { RuntimeManagerConfig } from "../../src/services/RuntimeManager.js"
 import { assertCarriesNoInput, bytesOf, sha256Hex } from "../domain/fixtures.js"
 
 export const MODEL = bytesOf(300_000, 11)
@@ -38,14 +37,15 @@ const merge = (base: Json, patch: Json): Json =>
     })
   )
 
-export const loadConfig = (patch: Json = {}) =>
-  Effect.withConfigProvider(RuntimeManagerConfig, ConfigProvider.fromJson(merge(baseConfig, patch)))
+export const providerOf = (patch: Json = {}) => ConfigProvider.fromJson(merge(baseConfig, patch))
 
-/** The manager over the in-memory layers, with every test control available. */
-export const managerLayer = (patch: Json = {}) =>
-  Layer.unwrapEffect(Effect.map(loadConfig(patch), (config) => RuntimeManagerLive.layer(config))).pipe(
-    Layer.provideMerge(TestLayers.layer)
-  )
+export const loadConfig = (patch: Json = {}) => Effect.withConfigProvider(CompanionConfig, providerOf(patch))
+
+/** The manager and the store over the in-memory layers, with every test control available. */
+export const managerLayer = (patch: Json = {}) => TestLayers.layer.pipe(Layer.provide(Layer.setConfigProvider(providerOf(patch))))
+
+/** The store alone over the in-memory layers. */
+export const storeLayer = (patch: Json = {}) => TestLayers.store.pipe(Layer.provide(Layer.setConfigProvider(providerOf(patch))))
 
 /** Run `effect`, expect it to fail with this tag and reason, and check the error carries no input. */
 export const expectFailure = <A, E, R>(effect: Effect.Effect<A, E, R>, tag: string, reason: string) =>

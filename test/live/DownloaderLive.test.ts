@@ -1,26 +1,25 @@
 /**
  * DownloaderLive against a real HTTPS origin on loopback (test CA made at test time), and through
- * RuntimeManager.ensureModel onto a real file system, for every hostile case the issue names.
+ * ModelStore.ensure onto a real file system, for every hostile case the issue names.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync, existsSync, statSync } from "node:fs"
 import { createServer, type Server, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { gzipSync } from "node:zlib"
-import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import { NodePath } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Layer, Stream } from "effect"
+import { Chunk, Effect, Either, Layer, type Scope, Stream } from "effect"
 import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
 import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
+import * as Integrity from "../../src/domain/Integrity.js"
 import * as DownloaderLive from "../../src/layers/DownloaderLive.js"
-import * as HealthProbeTest from "../../src/layers/HealthProbeTest.js"
-import * as ResourceStatTest from "../../src/layers/ResourceStatTest.js"
-import * as RuntimeManagerLive from "../../src/layers/RuntimeManagerLive.js"
-import * as SpawnerTest from "../../src/layers/SpawnerTest.js"
+import * as ModelStoreLive from "../../src/layers/ModelStoreLive.js"
+import * as StoreFileSystemLive from "../../src/layers/StoreFileSystemLive.js"
 import { Downloader } from "../../src/services/Downloader.js"
-import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { ModelStore, type VerifiedModel } from "../../src/services/ModelStore.js"
 import { bytesOf, sha256Hex } from "../domain/fixtures.js"
-import { expectFailure, loadConfig } from "../layers/harness.js"
+import { expectFailure } from "../layers/harness.js"
 
 const MODEL = bytesOf(3 * 1024 * 1024, 7) // several read chunks (DownloaderLive.READ_CHUNK_BYTES)
 const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
@@ -238,47 +237,35 @@ describe("DownloaderLive", () => {
 })
 
 // ---------------------------------------------------------------------------------------------
-// Through RuntimeManager.ensureModel, onto a real directory
+// Through ModelStore.ensure, onto a real directory
 // ---------------------------------------------------------------------------------------------
 
-/** A manager on `store` with the live downloader and a real file system (in-memory spawner etc.). */
-const managerOn = (store: string, path: string) =>
-  Layer.unwrapEffect(
-    Effect.map(
-      loadConfig({
-        storeDir: store,
-        model: { ...SPEC, source: `${origin.baseUrl}${path}` },
-        allowedSources: [`${origin.baseUrl}/m`],
-        download: { retries: 2, retryBase: "10 millis", retryMax: "1 second" }
-      }),
-      (config) =>
-        RuntimeManagerLive.layer(config).pipe(
-          Layer.provide(
-            Layer.mergeAll(
-              NodeFileSystem.layer,
-              NodePath.layer,
-              DownloaderLive.layer(options()),
-              SpawnerTest.layer,
-              HealthProbeTest.layer,
-              ResourceStatTest.layer
-            )
-          )
-        )
-    )
-  )
+/** A store on `store` with the live downloader and the real file system. */
+const storeOn = (store: string) =>
+  ModelStoreLive.layer({
+    storeDir: store,
+    allowedSources: [`${origin.baseUrl}/m`],
+    retries: 2,
+    retryBase: "10 millis",
+    retryMax: "1 second",
+    lockWait: "1 minute"
+  }).pipe(Layer.provide(Layer.mergeAll(StoreFileSystemLive.layer, NodePath.layer, DownloaderLive.layer(options()))))
 
-const withStore = <A, E>(path: string, body: (store: string) => Effect.Effect<A, E, RuntimeManager>) =>
+const withStore = <A, E>(body: (store: string) => Effect.Effect<A, E, ModelStore | Scope.Scope>) =>
   Effect.acquireUseRelease(
     Effect.sync(() => mkdtempSync(join(tmpdir(), "companion-store-"))),
-    (store) => body(store).pipe(Effect.provide(managerOn(store, path))),
+    (store) => body(store).pipe(Effect.scoped, Effect.provide(storeOn(store))),
     (store) => Effect.sync(() => rmSync(store, { recursive: true, force: true }))
   )
 
 const finalPath = (store: string) => join(store, SPEC.sha256)
 const partialPath = (store: string) => join(store, "partial", `${SPEC.sha256}.partial`)
+const spec = Either.getOrThrow(Integrity.checkSpec(SPEC))
 
-const ensure = (path: string) =>
-  Effect.flatMap(RuntimeManager, (m) => m.ensureModel(SPEC, `${origin.baseUrl}${path}`))
+const ensure = (path: string) => Effect.flatMap(ModelStore, (m) => m.ensure(spec, url(path)))
+
+/** What a process handed the model's descriptor reads. */
+const served = (model: VerifiedModel) => readFileSync(`/proc/self/fd/${model.descriptor}`)
 
 /** Nothing is left at the final path and no partial file remains. */
 const assertNothingStored = (store: string) => {
@@ -286,54 +273,55 @@ const assertNothingStored = (store: string) => {
   assert.deepStrictEqual(readdirSync(join(store, "partial")), [])
 }
 
-describe("ensureModel over the live downloader", () => {
-  it.live("stores the verified model at its digest, mode 0600", () =>
-    withStore("/m/hop", (store) =>
+describe("ModelStore.ensure over the live downloader", () => {
+  it.live("stores the verified model at its digest, mode 0600, directories 0700", () =>
+    withStore((store) =>
       Effect.gen(function*() {
         const model = yield* ensure("/m/hop")
-        assert.strictEqual(model.path, finalPath(store))
-        assert.strictEqual(sha256Hex(readFileSync(model.path)), SPEC.sha256)
-        assert.strictEqual(statSync(model.path).mode & 0o777, 0o600)
+        assert.strictEqual(sha256Hex(served(model)), SPEC.sha256)
+        assert.strictEqual(sha256Hex(readFileSync(finalPath(store))), SPEC.sha256)
+        assert.strictEqual(statSync(finalPath(store)).mode & 0o777, 0o600)
+        assert.strictEqual(statSync(join(store, "partial")).mode & 0o777, 0o700)
         assert.deepStrictEqual(readdirSync(join(store, "partial")), [])
       })))
 
   it.live("a body one byte too long is cut at expected+1; nothing stored", () =>
-    withStore("/m/long", (store) =>
+    withStore((store) =>
       Effect.gen(function*() {
         yield* expectFailure(ensure("/m/long"), "IntegrityError", "size_mismatch")
         assertNothingStored(store)
       })))
 
   it.live("an endless body is cut at expected+1; nothing stored", () =>
-    withStore("/m/endless", (store) =>
+    withStore((store) =>
       Effect.gen(function*() {
         yield* expectFailure(ensure("/m/endless"), "IntegrityError", "size_mismatch")
         assertNothingStored(store)
       })))
 
   it.live("a 1-bit corruption is a digest mismatch; the partial file is deleted", () =>
-    withStore("/m/corrupt", (store) =>
+    withStore((store) =>
       Effect.gen(function*() {
         yield* expectFailure(ensure("/m/corrupt"), "IntegrityError", "digest_mismatch")
         assertNothingStored(store)
       })))
 
   it.live("a 200 answer to a resume restarts from byte zero instead of appending", () =>
-    withStore("/m/no-range", (store) =>
+    withStore((store) =>
       Effect.gen(function*() {
         mkdirSync(join(store, "partial"), { recursive: true })
         writeFileSync(partialPath(store), MODEL.subarray(0, HALF))
         const model = yield* ensure("/m/no-range")
-        assert.strictEqual(sha256Hex(readFileSync(model.path)), SPEC.sha256)
+        assert.strictEqual(sha256Hex(served(model)), SPEC.sha256)
         assert.strictEqual(origin.lastHeaders.get("/m/no-range")?.range, `bytes=${HALF}-`)
       })))
 
   it.live("a reset mid-stream is retried with a resume that ends verified", () =>
-    withStore("/m/reset", (store) =>
+    withStore((store) =>
       Effect.gen(function*() {
         resetServed = 0
         const model = yield* ensure("/m/reset")
-        assert.strictEqual(sha256Hex(readFileSync(model.path)), SPEC.sha256)
+        assert.strictEqual(sha256Hex(served(model)), SPEC.sha256)
         assert.strictEqual(resetServed, 2)
         const range = origin.lastHeaders.get("/m/reset")?.range
         assert.match(range ?? "", /^bytes=\d+-$/)
@@ -342,20 +330,20 @@ describe("ensureModel over the live downloader", () => {
       })))
 
   it.live("a redirect to an unlisted host stores nothing", () =>
-    withStore("/m/to-unlisted", (store) =>
+    withStore((store) =>
       Effect.gen(function*() {
         yield* expectFailure(ensure("/m/to-unlisted"), "DownloadError", "redirect_not_allowed")
         assertNothingStored(store)
       })))
 
-  it.live("two managers on one store: one downloads, the other waits for its lock and verifies the result", () =>
-    withStore("/m/model", (store) =>
+  it.live("two stores on one directory: one downloads, the other waits for its lock and finds the result", () =>
+    withStore((store) =>
       Effect.gen(function*() {
         const before = origin.hits.get("/m/model") ?? 0
-        const other = Effect.provide(ensure("/m/model"), managerOn(store, "/m/model"))
+        const other = Effect.provide(ensure("/m/model"), storeOn(store))
         const [a, b] = yield* Effect.all([ensure("/m/model"), other], { concurrency: 2 })
-        assert.strictEqual(a.path, b.path)
-        assert.strictEqual(sha256Hex(readFileSync(a.path)), SPEC.sha256)
+        assert.strictEqual(sha256Hex(served(a)), SPEC.sha256)
+        assert.strictEqual(sha256Hex(served(b)), SPEC.sha256)
         assert.strictEqual((origin.hits.get("/m/model") ?? 0) - before, 1)
         assert.deepStrictEqual(readdirSync(join(store, "partial")), [])
       })))

@@ -1,0 +1,352 @@
+/**
+ * The model store over `StoreFileSystem` and a `Downloader`.
+ *
+ * Layout: `<storeDir>/<sha256>` (verified, 0600), `<storeDir>/partial/<sha256>.partial` (being
+ * downloaded, 0600), `<storeDir>/partial/<sha256>.lock` (one writer per model); directories 0700.
+ *
+ * Nothing in the store is followed through a link or written through anything but a regular file:
+ * a link, directory or special file where a model or partial file belongs is removed (the link,
+ * never its target) and the path treated as empty; every open refuses a link; the partial file must
+ * still be the file written (same device and inode) when it is renamed, and the final path must be
+ * that same file when it is opened for the runtime — otherwise `entry_replaced`, and nothing is
+ * promoted or served.
+ *
+ * Hash once: the store remembers the identity (device, inode, size, mtime, ctime) of every file it
+ * verified. A stored model whose identity is unchanged is not read again; one that changed is read
+ * through the same descriptor that is then handed to the runtime, so the bytes hashed are the bytes
+ * served. `confirm` checks later that the file behind a descriptor has not been written since.
+ */
+import { Path } from "@effect/platform"
+import {
+  Chunk,
+  Config,
+  Duration,
+  Effect,
+  Either,
+  ExecutionStrategy,
+  Exit,
+  Layer,
+  Metric,
+  Option,
+  Schedule,
+  Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
+import { CompanionConfig } from "../config/Config.js"
+import type { IntegrityError } from "../domain/Errors.js"
+import * as Integrity from "../domain/Integrity.js"
+import { Downloader } from "../services/Downloader.js"
+import { DownloadError, ModelStoreError, type StoreFileError } from "../services/Errors.js"
+import { type DownloadProgress, type EnsureError, metrics, ModelStore, type VerifiedModel } from "../services/ModelStore.js"
+import { type FileIdentity, sameFile, sameVersion, type StoreFile, StoreFileSystem } from "../services/StoreFileSystem.js"
+import * as StoreLock from "./internal/StoreLock.js"
+import * as VerifiedModels from "./internal/VerifiedModels.js"
+
+export interface ModelStoreOptions {
+  readonly storeDir: string
+  /** The source policy: a model's URL must be under one of these. */
+  readonly allowedSources: ReadonlyArray<string>
+  /** Download retries for transient failures, with jittered exponential backoff. */
+  readonly retries: number
+  readonly retryBase: Duration.DurationInput
+  /** The longest backoff; a server's `Retry-After` beyond it ends the retries. */
+  readonly retryMax: Duration.DurationInput
+  /** How long to wait for another writer of the same model before `store_locked`. */
+  readonly lockWait: Duration.DurationInput
+  /** The lock's holder: this process unless given (tests give a scripted one). */
+  readonly holder?: StoreLock.LockHolder | undefined
+}
+
+/** Bytes read back at once when hashing a stored file. */
+const READ_BYTES = 1024 * 1024
+
+const storeFailure = (reason: ModelStoreError["reason"]) => new ModelStoreError({ reason })
+
+/** What the store holds for a spec: the model, nothing, or a copy that failed (and was removed). */
+type Stored =
+  | { readonly _tag: "verified"; readonly model: VerifiedModel }
+  | { readonly _tag: "absent" }
+  | { readonly _tag: "refused"; readonly error: IntegrityError | ModelStoreError }
+
+const absent: Stored = { _tag: "absent" }
+
+const verifiedAs = (spec: Integrity.ModelSpec, file: StoreFile, identity: FileIdentity): Stored => ({
+  _tag: "verified",
+  model: VerifiedModels.mint(spec, identity, file)
+})
+const io = (e: StoreFileError) => storeFailure(e.reason === "not_a_file" ? "entry_replaced" : "io_failed")
+
+export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOptions) {
+  const files = yield* StoreFileSystem
+  const path = yield* Path.Path
+  const downloader = yield* Downloader
+  const holder = options.holder ?? StoreLock.thisProcess()
+  const retryMax = Duration.decode(options.retryMax)
+
+  const partialDir = path.join(options.storeDir, "partial")
+  const finalPath = (spec: Integrity.ModelSpec) => path.join(options.storeDir, spec.sha256)
+  const partialPath = (spec: Integrity.ModelSpec) => path.join(partialDir, `${spec.sha256}.partial`)
+
+  const progress = yield* SubscriptionRef.make<DownloadProgress>({ receivedBytes: 0, expectedBytes: 0 })
+  /** The identity of each stored model at its last verification, by digest. */
+  const verified = new Map<string, FileIdentity>()
+  // One writer at a time in this store within this process; the lock file keeps out other processes.
+  const writer = yield* Effect.makeSemaphore(1)
+
+  /**
+   * True when a regular file is at `p`. Anything else there (a link, a directory, a FIFO) is never
+   * followed, and is removed when `clear` (only under the lock, so a writer's fresh file is not).
+   */
+  const regularFileAt = (p: string, clear = true) =>
+    Effect.flatMap(files.entry(p), (entry) =>
+      Option.match(entry, {
+        onNone: () => Effect.succeed(false),
+        onSome: ({ kind }) => (kind === "file" ? Effect.succeed(true) : clear ? Effect.as(files.remove(p), false) : Effect.succeed(false))
+      })).pipe(Effect.mapError(io))
+
+  const prepareDirectories = Effect.gen(function*() {
+    yield* files.makeDirectory(options.storeDir)
+    const entry = yield* files.entry(partialDir)
+    if (Option.isSome(entry) && entry.value.kind !== "directory") yield* files.remove(partialDir)
+    yield* files.makeDirectory(partialDir)
+    const made = yield* files.entry(partialDir)
+    if (!Option.exists(made, (e) => e.kind === "directory")) return yield* storeFailure("entry_replaced")
+  }).pipe(Effect.catchTag("StoreFileError", (e) => Effect.fail(io(e))))
+
+  const holdLock = (spec: Integrity.ModelSpec) =>
+    StoreLock.hold(files, path.join(partialDir, `${spec.sha256}.lock`), { ...holder, poll: Duration.millis(250), wait: options.lockWait })
+
+  /** Feed `length` bytes of `file` from `from` through the verifier; one more byte past the spec is refused. */
+  const hashFile = (file: StoreFile, verifier: Integrity.Verifier, from: number, length: number) =>
+    Effect.iterate(from, {
+      while: (at) => at < from + length,
+      body: (at) =>
+        Effect.flatMap(file.read(at, Math.min(READ_BYTES, from + length - at)), (bytes) =>
+          bytes.length === 0
+            ? Effect.succeed(from + length) // shorter than it said: finalize judges the size
+            : Effect.zipRight(
+              Effect.zipRight(verifier.update(bytes), Metric.incrementBy(metrics.hashedBytes, bytes.length)),
+              Effect.succeed(at + bytes.length)
+            ))
+    })
+
+  /**
+   * Open the stored copy in `scope` and make sure it is the model: not read again when it is the
+   * very file verified before and unchanged since; otherwise (when `mayHash`) hashed through the
+   * descriptor that the runtime will be handed. A copy that fails is removed and its failure told.
+   */
+  const openStored = (spec: Integrity.ModelSpec, scope: Scope.Scope, mayHash: boolean) =>
+    Effect.gen(function*() {
+      const target = finalPath(spec)
+      if (!(yield* regularFileAt(target, mayHash))) return absent
+      const local = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+      const found: Stored = yield* Effect.gen(function*() {
+        const file = yield* Scope.extend(files.openRead(target), local)
+        const before = yield* file.identity
+        const known = verified.get(spec.sha256)
+        if (known !== undefined && sameVersion(known, before)) return verifiedAs(spec, file, before)
+        if (!mayHash) return absent
+        // At most one byte past the spec is read: a longer file fails there.
+        const verifier = Integrity.makeVerifier(spec)
+        yield* hashFile(file, verifier, 0, spec.sizeBytes + 1)
+        const verdict = verifier.finalize()
+        const after = yield* file.identity
+        if (Either.isLeft(verdict)) return { _tag: "refused", error: verdict.left } satisfies Stored
+        // Written while it was read: what was hashed is not what is there.
+        if (!sameVersion(before, after)) return { _tag: "refused", error: storeFailure("model_changed") } satisfies Stored
+        verified.set(spec.sha256, after)
+        return verifiedAs(spec, file, after)
+      }).pipe(
+        Effect.catchTag("StoreFileError", (e) =>
+          // Swapped for a link or a special file between the look and the open: not the model.
+          e.reason === "file_io_failed" ? Effect.fail(io(e)) : Effect.succeed(absent)
+        ),
+        Effect.catchTag("IntegrityError", (error) => Effect.succeed<Stored>({ _tag: "refused", error })),
+        Effect.tap((result) =>
+          result._tag === "verified"
+            ? Effect.void
+            : Effect.zipRight(
+              Scope.close(local, Exit.void),
+              result._tag === "refused"
+                ? Effect.zipRight(Effect.logWarning("a stored model failed verification; it is removed"), Effect.ignore(files.remove(target)))
+                : Effect.void
+            )
+        ),
+        Effect.onError(() => Scope.close(local, Exit.void))
+      )
+      return found
+    })
+
+  // -------------------------------------------------------------------------------------------
+  // Download
+  // -------------------------------------------------------------------------------------------
+
+  /** The partial file to append to: a regular file there is resumed, anything else removed first. */
+  const openPartial = (p: string) =>
+    Effect.flatMap(regularFileAt(p), (exists) =>
+      (exists ? files.openAppend(p) : files.create(p)).pipe(
+        Effect.catchTag("StoreFileError", (e) =>
+          // Swapped for a link or a directory between the look and the open: remove it and start afresh.
+          e.reason === "not_a_file" || e.reason === "file_exists" || e.reason === "file_missing"
+            ? Effect.zipRight(files.remove(p), files.create(p))
+            : Effect.fail(e)
+        ),
+        Effect.mapError(io)
+      ))
+
+  const restartPartial = (p: string) => Effect.zipRight(files.remove(p), files.create(p)).pipe(Effect.mapError(io))
+
+  /** One attempt: resume or start the partial file, stream the rest through the verifier. Returns the identity of the file written. */
+  const downloadOnce = (spec: Integrity.ModelSpec, url: URL) =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const partial = partialPath(spec)
+        let file = yield* openPartial(partial)
+        let verifier = Integrity.makeVerifier(spec)
+        let offset = (yield* Effect.mapError(file.identity, io)).size
+        if (offset > spec.sizeBytes) {
+          file = yield* restartPartial(partial)
+          offset = 0
+        }
+        // Re-hash what an earlier attempt left, so the final digest covers every byte on disk.
+        if (offset > 0) yield* hashFile(file, verifier, 0, offset).pipe(Effect.mapError((e) => (e._tag === "StoreFileError" ? io(e) : e)))
+        yield* SubscriptionRef.set(progress, { receivedBytes: offset, expectedBytes: spec.sizeBytes })
+        if (offset < spec.sizeBytes) {
+          const body = yield* downloader.open({ url, offset })
+          if (body.startsAt !== offset) {
+            if (body.startsAt !== 0) return yield* new DownloadError({ reason: "range_mismatch" })
+            // The source sent the whole file: start over rather than append it to the partial one.
+            file = yield* restartPartial(partial)
+            verifier = Integrity.makeVerifier(spec)
+            offset = 0
+          }
+          let received = offset
+          const out = file
+          yield* body.bytes.pipe(
+            Stream.runForEachChunk((chunks) =>
+              Effect.gen(function*() {
+                const batch = chunks.length === 1 ? Chunk.unsafeHead(chunks) : Buffer.concat(Chunk.toArray(chunks))
+                // Refused before it is written: the file never holds a byte past the expected size.
+                yield* verifier.update(batch)
+                yield* Effect.mapError(out.append(batch), io)
+                received += batch.length
+                yield* Metric.incrementBy(metrics.downloadedBytes, batch.length)
+                yield* SubscriptionRef.set(progress, { receivedBytes: received, expectedBytes: spec.sizeBytes })
+              })
+            )
+          )
+          yield* Effect.mapError(file.sync, io)
+        }
+        yield* verifier.finalize()
+        const written = yield* Effect.mapError(file.identity, io)
+        // What is at the partial path must still be the file written, or nothing is promoted.
+        const now = yield* Effect.mapError(files.entry(partial), io)
+        if (!Option.exists(now, (e) => e.kind === "file" && sameFile(e.identity, written))) {
+          return yield* storeFailure("entry_replaced")
+        }
+        return written
+      })
+    )
+
+  const retryable = (error: EnsureError) =>
+    error._tag === "DownloadError" && error.transient && (error.retryAfterMillis ?? 0) <= Duration.toMillis(retryMax)
+
+  const downloadRetry = Schedule.exponential(options.retryBase, 2).pipe(
+    Schedule.jittered,
+    Schedule.union(Schedule.spaced(retryMax)),
+    Schedule.intersect(Schedule.recurs(options.retries)),
+    Schedule.intersect(Schedule.identity<EnsureError>()),
+    // A server's Retry-After is a floor under the backoff (and `retryable` gives up past retryMax).
+    Schedule.modifyDelay(([, error], delay) =>
+      error._tag === "DownloadError" && error.retryAfterMillis !== undefined
+        ? Duration.max(delay, Duration.millis(error.retryAfterMillis))
+        : delay
+    ),
+    Schedule.whileInput(retryable)
+  )
+
+  /** Download, verify, and promote the partial file to its final name; open it for `scope`. */
+  const download = (spec: Integrity.ModelSpec, url: URL, scope: Scope.Scope) =>
+    Effect.gen(function*() {
+      const partial = partialPath(spec)
+      const target = finalPath(spec)
+      const written = yield* downloadOnce(spec, url).pipe(
+        Effect.retry(downloadRetry),
+        Effect.tapError(() => Effect.ignore(files.remove(partial)))
+      )
+      yield* Effect.gen(function*() {
+        // A link or directory that appeared at the final path is removed, not renamed over or into.
+        yield* regularFileAt(target)
+        yield* Effect.mapError(files.syncDirectory(partialDir), io)
+        yield* Effect.mapError(files.rename(partial, target), io)
+        yield* Effect.mapError(files.syncDirectory(options.storeDir), io)
+      }).pipe(Effect.tapError(() => Effect.ignore(files.remove(partial))))
+      const local = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+      return yield* Effect.gen(function*() {
+        const file = yield* Scope.extend(Effect.mapError(files.openRead(target), io), local)
+        const identity = yield* Effect.mapError(file.identity, io)
+        // Another file renamed onto the final path meanwhile: it was not verified and is not served.
+        if (!sameFile(identity, written)) return yield* storeFailure("entry_replaced")
+        verified.set(spec.sha256, identity)
+        return VerifiedModels.mint(spec, identity, file)
+      }).pipe(Effect.onError(() => Scope.close(local, Exit.void)))
+    })
+
+  // -------------------------------------------------------------------------------------------
+  // The service
+  // -------------------------------------------------------------------------------------------
+
+  /**
+   * The stored copy, verified. The quick look (the very file verified before, unchanged) needs no
+   * lock; reading it back takes the lock, so no other writer replaces it meanwhile.
+   */
+  const storedOrElse = <E>(spec: Integrity.ModelSpec, orElse: (stored: Stored, scope: Scope.Scope) => Effect.Effect<VerifiedModel, E>) =>
+    Effect.gen(function*() {
+      const scope = yield* Effect.scope
+      const quick = yield* openStored(spec, scope, false)
+      if (quick._tag === "verified") return quick.model
+      return yield* writer.withPermits(1)(Effect.scoped(Effect.gen(function*() {
+        yield* prepareDirectories
+        yield* holdLock(spec)
+        const stored = yield* openStored(spec, scope, true)
+        return stored._tag === "verified" ? stored.model : yield* orElse(stored, scope)
+      })))
+    })
+
+  const ensure = (spec: Integrity.ModelSpec, source: URL) =>
+    Effect.flatMap(Integrity.checkSource(source, options.allowedSources), (url) =>
+      storedOrElse(spec, (_, scope) => download(spec, url, scope))).pipe(Effect.withSpan("ModelStore.ensure"))
+
+  const verify = (spec: Integrity.ModelSpec) =>
+    storedOrElse(spec, (stored) => Effect.fail(stored._tag === "refused" ? stored.error : storeFailure("not_stored"))).pipe(
+      Effect.withSpan("ModelStore.verify")
+    )
+
+  const confirm = (model: VerifiedModel) =>
+    Effect.gen(function*() {
+      const record = VerifiedModels.recordOf(model)
+      if (record === undefined) return yield* storeFailure("model_changed")
+      const now = yield* Effect.mapError(record.file.identity, io)
+      if (!sameVersion(now, record.identity)) return yield* storeFailure("model_changed")
+    })
+
+  return ModelStore.of({ ensure, verify, confirm, progress: progress.changes })
+})
+
+export const layer = (options: ModelStoreOptions) => Layer.scoped(ModelStore, make(options))
+
+/** The store from `CompanionConfig` (`storeDir`, `allowedSources`, `download.*`). */
+export const layerConfig = Layer.scoped(
+  ModelStore,
+  Effect.flatMap(CompanionConfig, (config) => make(optionsFrom(config)))
+)
+
+export const optionsFrom = (config: Config.Config.Success<typeof CompanionConfig>): ModelStoreOptions => ({
+  storeDir: config.storeDir,
+  allowedSources: config.allowedSources,
+  retries: config.download.retries,
+  retryBase: config.download.retryBase,
+  retryMax: config.download.retryMax,
+  lockWait: config.download.lockWait
+})
