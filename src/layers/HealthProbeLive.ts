@@ -6,10 +6,10 @@
  */
 import { HttpClient } from "@effect/platform"
 import { Duration, Effect, Layer } from "effect"
+import { CompanionConfig } from "../config/Config.js"
 import { HealthError } from "../services/Errors.js"
 import { type Health, HealthProbe } from "../services/HealthProbe.js"
-
-export type RuntimeKind = "llama.cpp" | "ollama"
+import type { RuntimeKind } from "../services/Spawner.js"
 
 const PATHS: Record<RuntimeKind, string> = { "llama.cpp": "/health", ollama: "/api/tags" }
 
@@ -33,3 +33,6 @@ export const make = (kind: RuntimeKind, timeout: Duration.DurationInput = Durati
 
 /** Needs an HttpClient, e.g. NodeHttpClient.layerUndici. */
 export const layer = (kind: RuntimeKind, timeout?: Duration.DurationInput) => Layer.effect(HealthProbe, make(kind, timeout))
+
+/** `runtime.kind` and `health.probeTimeout` from `CompanionConfig`. */
+export const layerConfig = Layer.unwrapEffect(Effect.map(CompanionConfig, (config) => layer(config.runtime.kind, config.health.probeTimeout)))

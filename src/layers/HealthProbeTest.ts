@@ -5,6 +5,7 @@
 import { Context, Effect, Layer, Ref } from "effect"
 import { HealthError } from "../services/Errors.js"
 import { type Health, HealthProbe } from "../services/HealthProbe.js"
+import { nextOf } from "./internal/testing.js"
 
 export type HealthAnswer = Health | HealthError | "hang"
 
@@ -14,10 +15,6 @@ export interface HealthProbeControlService {
 }
 
 export class HealthProbeControl extends Context.Tag("companion-runtime/HealthProbeControl")<HealthProbeControl, HealthProbeControlService>() {}
-
-/** Take the next scripted answer; the last one stays. */
-export const nextOf = <A>(ref: Ref.Ref<ReadonlyArray<A>>) =>
-  Ref.modify(ref, (all) => [all[0], all.length > 1 ? all.slice(1) : all] as const)
 
 export const layer: Layer.Layer<HealthProbe | HealthProbeControl> = Layer.effectContext(
   Effect.gen(function*() {

@@ -6,7 +6,7 @@ import { Context, Duration, Effect, Layer, Ref } from "effect"
 import type { ResourceObservation } from "../domain/ResourcePolicy.js"
 import { ResourceStatError } from "../services/Errors.js"
 import { ResourceStat } from "../services/ResourceStat.js"
-import { nextOf } from "./HealthProbeTest.js"
+import { nextOf } from "./internal/testing.js"
 
 export interface ResourceStatControlService {
   readonly observations: (...answers: ReadonlyArray<ResourceObservation | ResourceStatError>) => Effect.Effect<void>

@@ -1,28 +1,40 @@
 /**
- * Spawner for a real runtime process, through `@effect/platform`'s Command.
+ * Spawner for a real runtime process.
  *
- * - llama.cpp: `llama-server -m <verified file> --host 127.0.0.1 --port 0 --parallel <n>` (plus
- *   context size and threads when configured); the port comes from its `listening on
- *   http://127.0.0.1:<port>` log line, so there is no bind-then-release race.
+ * - llama.cpp: `llama-server -m /dev/fd/3 --host 127.0.0.1 --port 0 --parallel <n>` (plus context
+ *   size and threads when configured). Descriptor 3 is the store's descriptor of the verified file,
+ *   inherited by the child: the runtime opens the very file that was hashed, whatever has been
+ *   renamed onto its path since. The port comes from its `listening on http://127.0.0.1:<port>`
+ *   line, so there is no bind-then-release race.
  * - Ollama: `ollama serve` with `OLLAMA_HOST=127.0.0.1:<port>`, the port found by binding port 0;
  *   the handle is returned once the port accepts connections. If the runtime exits first (the
  *   port was taken meanwhile), it is spawned again on a new port (up to 3 times).
+ * - Only a model minted by the store is spawned (`unverified_model` otherwise).
  * - A fresh 256-bit key per spawn, in `LLAMA_API_KEY` only (never in argv).
  * - The child's environment is built from an allowlist of the parent's variables, never the
  *   whole environment (which may hold tokens).
  * - Its output, stdout and stderr, goes to a ring buffer of lines with the key scrubbed.
- * - The child leads its own process group (the platform spawns it detached): stop sends SIGTERM to
- *   the group, SIGKILL after the grace period.
+ * - The child leads its own process group (spawned detached): stop sends SIGTERM to the group,
+ *   SIGKILL after the grace period.
  * - No orphans: the runtime is exec'd through `setpriv --pdeathsig SIGKILL`, so the kernel kills
  *   it when the manager process dies, however it dies (SIGKILL included).
+ *
+ * `node:child_process` rather than the platform's `Command`, which cannot hand a child a descriptor
+ * beyond stdin, stdout and stderr.
  */
+import { type ChildProcess, spawn as spawnChild } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { connect, createServer } from "node:net"
-import { Command, CommandExecutor, FileSystem } from "@effect/platform"
-import { Config, ConfigProvider, Deferred, Duration, Effect, Either, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import { FileSystem } from "@effect/platform"
+import { NodeStream } from "@effect/platform-node"
+import { Config, ConfigProvider, Deferred, Duration, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import { CompanionConfig, defaultEnvAllowlist } from "../config/Config.js"
 import { SpawnError } from "../services/Errors.js"
-import { type ExitStatus, type RuntimeHandle, Spawner, type VerifiedModel } from "../services/Spawner.js"
-import type { RuntimeKind } from "./HealthProbeLive.js"
+import type { VerifiedModel } from "../services/ModelStore.js"
+import { type ExitStatus, type RuntimeHandle, type RuntimeKind, Spawner } from "../services/Spawner.js"
+import * as VerifiedModels from "./internal/VerifiedModels.js"
+
+export { defaultEnvAllowlist }
 
 export interface SpawnerOptions {
   readonly kind: RuntimeKind
@@ -44,21 +56,11 @@ export interface SpawnerOptions {
   readonly outputLines?: number | undefined
 }
 
-/** Enough to find programs and libraries, pick a locale and a GPU; nothing that holds a secret. */
-export const defaultEnvAllowlist: ReadonlyArray<string> = [
-  "PATH",
-  "HOME",
-  "LANG",
-  "LC_ALL",
-  "TZ",
-  "TMPDIR",
-  "CUDA_VISIBLE_DEVICES",
-  "HIP_VISIBLE_DEVICES",
-  "ROCR_VISIBLE_DEVICES"
-]
-
 /** Where the kernel's parent-death signal can be asked for (util-linux). */
 const SETPRIV_PATHS = ["/usr/bin/setpriv", "/bin/setpriv"]
+
+/** The descriptor number the model has in the child. */
+const MODEL_FD = 3
 
 const LISTENING = /listening on http:\/\/127\.0\.0\.1:(\d{1,5})\b/
 
@@ -77,13 +79,13 @@ export const childEnvironment = (
   return env
 }
 
-/** The runtime's arguments; the key is never among them. */
-export const runtimeArgs = (options: SpawnerOptions, model: VerifiedModel): Array<string> =>
+/** The runtime's arguments; the key is never among them, and the model is the inherited descriptor. */
+export const runtimeArgs = (options: SpawnerOptions): Array<string> =>
   options.kind === "ollama"
     ? ["serve"]
     : [
       "-m",
-      model.path,
+      `/dev/fd/${MODEL_FD}`,
       "--host",
       "127.0.0.1",
       "--port",
@@ -145,12 +147,6 @@ const accepting = (port: number) =>
     Effect.as(port)
   )
 
-/** The platform reports a signal death only in an error's text; read the signal name back. */
-const exitStatusOf = (exit: Either.Either<number, { readonly message: string }>): ExitStatus =>
-  Either.isRight(exit)
-    ? { code: exit.right, signal: null }
-    : { code: null, signal: /\b(SIG[A-Z0-9]+)\b/.exec(exit.left.message)?.[1] ?? "unknown" }
-
 const signalGroup = (pid: number, signal: NodeJS.Signals) =>
   Effect.sync(() => {
     try {
@@ -160,9 +156,33 @@ const signalGroup = (pid: number, signal: NodeJS.Signals) =>
     }
   })
 
+interface Started {
+  readonly child: ChildProcess
+  readonly pid: number
+  /** Settles once, when the process exits: a promise, so every later wait sees it too. */
+  readonly exitStatus: Promise<ExitStatus>
+}
+
+/** Spawn detached (its own process group), with `descriptor`, if any, as the child's fd 3. */
+const start = (command: string, args: ReadonlyArray<string>, env: Record<string, string>, descriptor: number | undefined) =>
+  Effect.async<Started, SpawnError>((resume) => {
+    const child = spawnChild(command, args, {
+      stdio: ["ignore", "pipe", "pipe", ...(descriptor === undefined ? [] : [descriptor])],
+      env,
+      detached: true
+    })
+    const exitStatus = new Promise<ExitStatus>((resolve) =>
+      child.once("exit", (code, signal) => resolve({ code, signal }))
+    )
+    child.once("error", () => resume(Effect.fail(spawnFailed())))
+    child.once("spawn", () => {
+      const pid = child.pid
+      resume(pid === undefined ? Effect.fail(spawnFailed()) : Effect.succeed({ child, pid, exitStatus }))
+    })
+  })
+
 export const make = (options: SpawnerOptions) =>
   Effect.gen(function*() {
-    const executor = yield* CommandExecutor.CommandExecutor
     const fs = yield* FileSystem.FileSystem
     const setpriv = yield* Effect.findFirst(SETPRIV_PATHS, (p) => Effect.orElseSucceed(fs.exists(p), () => false))
     if (Option.isNone(setpriv)) return yield* spawnFailed()
@@ -179,20 +199,32 @@ export const make = (options: SpawnerOptions) =>
           ...baseEnv,
           ...(options.kind === "llama.cpp" ? { LLAMA_API_KEY: key } : { OLLAMA_HOST: `127.0.0.1:${port}` })
         }
-        const command = Command.make(setpriv.value, "--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(options, model))
-          .pipe(Command.env(env, { extendEnv: false }))
-        const proc = yield* executor.start(command).pipe(Effect.mapError(spawnFailed))
-        const pid = proc.pid
+        const args = ["--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(options)]
+        const { child, exitStatus, pid } = yield* start(setpriv.value, args, env, options.kind === "llama.cpp" ? model.descriptor : undefined)
+        const exited = Effect.promise(() => exitStatus)
+        const hasExited = () => child.exitCode !== null || child.signalCode !== null
 
-        const exited = yield* Deferred.make<ExitStatus>()
-        yield* Effect.forkScoped(
-          Effect.flatMap(Effect.either(proc.exitCode), (exit) => Deferred.succeed(exited, exitStatusOf(exit)))
-        )
+        const stop = (grace: Duration.DurationInput) =>
+          Effect.gen(function*() {
+            if (!hasExited()) {
+              yield* signalGroup(pid, "SIGTERM")
+              // Interruptible, so the grace period bounds the wait even where stop runs uninterruptibly.
+              yield* Effect.interruptible(exited).pipe(Effect.timeout(grace), Effect.ignore)
+              if (!hasExited()) yield* signalGroup(pid, "SIGKILL")
+            }
+            const status = yield* exited
+            // Anything the runtime left in its group goes with it.
+            yield* signalGroup(pid, "SIGKILL")
+            return status
+          })
+        yield* Effect.addFinalizer(() => stop(stopGrace))
 
         const output = ringBuffer(capacity)
         const address = yield* Deferred.make<number>()
         const scrub = (line: string) => line.split(key).join("[redacted]")
-        yield* Stream.merge(proc.stdout, proc.stderr).pipe(
+        const lines = (readable: NodeJS.ReadableStream | null) =>
+          readable === null ? Stream.empty : NodeStream.fromReadable(() => readable as import("node:stream").Readable, () => spawnFailed())
+        yield* Stream.merge(lines(child.stdout), lines(child.stderr)).pipe(
           Stream.decodeText(),
           Stream.splitLines,
           Stream.runForEach((raw) =>
@@ -207,37 +239,18 @@ export const make = (options: SpawnerOptions) =>
           Effect.forkScoped
         )
 
-        const stop = (grace: Duration.DurationInput) =>
-          Effect.gen(function*() {
-            if (!(yield* Deferred.isDone(exited))) {
-              yield* signalGroup(pid, "SIGTERM")
-              // Interruptible, so the grace period bounds the wait even where stop runs uninterruptibly.
-              yield* Effect.interruptible(Deferred.await(exited)).pipe(Effect.timeout(grace), Effect.ignore)
-              if (!(yield* Deferred.isDone(exited))) yield* signalGroup(pid, "SIGKILL")
-            }
-            const status = yield* Deferred.await(exited)
-            // Anything the runtime left in its group goes with it.
-            yield* signalGroup(pid, "SIGKILL")
-            return status
-          })
-        // Runs before the platform's own release, which would wait on SIGTERM without a limit.
-        yield* Effect.addFinalizer(() => stop(stopGrace))
-
-        const exitedEarly = Effect.zipRight(Deferred.await(exited), Effect.fail(new SpawnError({ reason: "exited_early" })))
+        const exitedEarly = Effect.zipRight(exited, Effect.fail(new SpawnError({ reason: "exited_early" })))
+        const notReported = () => new SpawnError({ reason: "address_not_reported" })
         const listeningPort = options.kind === "ollama"
-          ? accepting(port ?? 0).pipe(
-            Effect.timeoutFail({ duration: addressTimeout, onTimeout: () => new SpawnError({ reason: "address_not_reported" }) })
-          )
-          : Deferred.await(address).pipe(
-            Effect.timeoutFail({ duration: addressTimeout, onTimeout: () => new SpawnError({ reason: "address_not_reported" }) })
-          )
+          ? accepting(port ?? 0).pipe(Effect.timeoutFail({ duration: addressTimeout, onTimeout: notReported }))
+          : Deferred.await(address).pipe(Effect.timeoutFail({ duration: addressTimeout, onTimeout: notReported }))
         const boundPort = yield* Effect.raceFirst(listeningPort, exitedEarly)
 
         const handle: RuntimeHandle = {
           pid,
           baseUrl: `http://127.0.0.1:${boundPort}`,
           apiKey: Redacted.make(key),
-          exited: Deferred.await(exited),
+          exited,
           stop,
           output: Effect.sync(output.snapshot)
         }
@@ -245,7 +258,9 @@ export const make = (options: SpawnerOptions) =>
       })
 
     const spawn = (model: VerifiedModel) =>
-      options.kind === "llama.cpp"
+      !VerifiedModels.isVerified(model)
+        ? Effect.fail(new SpawnError({ reason: "unverified_model" }))
+        : options.kind === "llama.cpp"
         ? spawnOnce(model, undefined)
         : Effect.flatMap(freePort, (port) => spawnOnce(model, port)).pipe(
           // The port found free may be taken by the time Ollama binds it: try a new one.
@@ -255,15 +270,19 @@ export const make = (options: SpawnerOptions) =>
     return Spawner.of({ spawn })
   })
 
-export const layer = (options: SpawnerOptions): Layer.Layer<Spawner, SpawnError, CommandExecutor.CommandExecutor | FileSystem.FileSystem> =>
+export const layer = (options: SpawnerOptions): Layer.Layer<Spawner, SpawnError, FileSystem.FileSystem> =>
   Layer.effect(Spawner, make(options))
 
-/** `runtime.*` keys, with `admission.maxInFlight` as the runtime's slot count. */
-export const SpawnerConfig = Config.all({
-  kind: Config.literal("llama.cpp", "ollama")("kind").pipe(Config.withDefault("llama.cpp" as const)),
-  binary: Config.string("binary").pipe(Config.withDefault("llama-server")),
-  contextSize: Config.option(Config.integer("contextSize")),
-  threads: Config.option(Config.integer("threads")),
-  envAllowlist: Config.array(Config.string(), "envAllowlist").pipe(Config.withDefault(defaultEnvAllowlist)),
-  addressTimeout: Config.duration("addressTimeout").pipe(Config.withDefault(Duration.seconds(60)))
-}).pipe(Config.nested("runtime"))
+/** The spawner from `CompanionConfig`: `runtime.*`, with `admission.maxInFlight` slots and `stopGrace`. */
+export const layerConfig = Layer.unwrapEffect(Effect.map(CompanionConfig, (config) => layer(optionsFrom(config))))
+
+export const optionsFrom = (config: CompanionConfig): SpawnerOptions => ({
+  kind: config.runtime.kind,
+  binary: config.runtime.binary,
+  parallel: config.admission.maxInFlight,
+  contextSize: Option.getOrUndefined(config.runtime.contextSize),
+  threads: Option.getOrUndefined(config.runtime.threads),
+  envAllowlist: config.runtime.envAllowlist,
+  addressTimeout: config.runtime.addressTimeout,
+  stopGrace: config.stopGrace
+})

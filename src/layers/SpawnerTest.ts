@@ -1,11 +1,13 @@
 /**
  * An in-memory Spawner: fake processes whose exit and exit timing a test controls. Readiness is
  * what the health probe answers (see HealthProbeTest). Time passes on the Clock, so TestClock
- * drives grace periods.
+ * drives grace periods. Like the live one, it starts only a model the store verified.
  */
 import { Context, Deferred, Duration, Effect, Layer, Redacted, Ref } from "effect"
 import { SpawnError } from "../services/Errors.js"
-import { type ExitStatus, type RuntimeHandle, Spawner, type VerifiedModel } from "../services/Spawner.js"
+import type { VerifiedModel } from "../services/ModelStore.js"
+import { type ExitStatus, type RuntimeHandle, Spawner } from "../services/Spawner.js"
+import * as VerifiedModels from "./internal/VerifiedModels.js"
 
 export type Signal = "SIGTERM" | "SIGKILL"
 
@@ -97,6 +99,7 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
     const spawner = Spawner.of({
       spawn: (model) =>
         Effect.gen(function*() {
+          if (!VerifiedModels.isVerified(model)) return yield* new SpawnError({ reason: "unverified_model" })
           const failure = yield* Ref.getAndSet(nextFailure, undefined)
           if (failure !== undefined) return yield* failure
           const pid = 1000 + (yield* Ref.get(spawned)).length

@@ -1,14 +1,9 @@
-import { Brand, Context, type Duration, type Effect, type Redacted, type Scope } from "effect"
-import type { Sha256Hex } from "../domain/Integrity.js"
+import { Context, type Duration, type Effect, type Redacted, type Scope } from "effect"
 import type { SpawnError } from "./Errors.js"
+import type { VerifiedModel } from "./ModelStore.js"
 
-/** A model file whose size and SHA-256 were verified; only the RuntimeManager makes these. */
-export type VerifiedModel = {
-  readonly path: string
-  readonly sha256: Sha256Hex
-  readonly sizeBytes: number
-} & Brand.Brand<"VerifiedModel">
-export const VerifiedModel = Brand.nominal<VerifiedModel>()
+/** Which runtime serves: llama.cpp's `llama-server`, or `ollama serve`. */
+export type RuntimeKind = "llama.cpp" | "ollama"
 
 /** How the process ended: an exit code, or the signal that killed it. */
 export interface ExitStatus {
@@ -34,8 +29,9 @@ export interface RuntimeHandle {
 }
 
 /**
- * Starts the inference runtime for a verified model. The handle is scoped: closing the scope kills
- * the process group if it is still alive and waits for it to exit.
+ * Starts the inference runtime for a model the store verified, and nothing else (`unverified_model`).
+ * The handle is scoped: closing the scope kills the process group if it is still alive and waits
+ * for it to exit.
  */
 export class Spawner extends Context.Tag("companion-runtime/Spawner")<
   Spawner,

@@ -5,27 +5,31 @@
  * killed with SIGKILL.
  */
 import { spawn } from "node:child_process"
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, inject, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Redacted, Ref, Schedule, Stream } from "effect"
+import { ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Ref, Schedule, Stream } from "effect"
 import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
 import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
 import { tinyGguf } from "../../scripts/tiny-gguf.js"
 import * as DownloaderLive from "../../src/layers/DownloaderLive.js"
 import * as HealthProbeLive from "../../src/layers/HealthProbeLive.js"
 import * as LiveLayers from "../../src/layers/LiveLayers.js"
+import * as ModelStoreLive from "../../src/layers/ModelStoreLive.js"
 import * as ResourceStatLive from "../../src/layers/ResourceStatLive.js"
 import * as RuntimeManagerLive from "../../src/layers/RuntimeManagerLive.js"
 import * as SpawnerLive from "../../src/layers/SpawnerLive.js"
+import * as StoreFileSystemLive from "../../src/layers/StoreFileSystemLive.js"
+import { HealthProbe } from "../../src/services/HealthProbe.js"
+import { metrics as storeMetrics } from "../../src/services/ModelStore.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
-import { type RuntimeHandle, Spawner, VerifiedModel } from "../../src/services/Spawner.js"
-import type { Sha256Hex } from "../../src/domain/Integrity.js"
+import { type RuntimeHandle, Spawner } from "../../src/services/Spawner.js"
 import { sha256Hex } from "../domain/fixtures.js"
 import { expectFailure, loadConfig } from "../layers/harness.js"
+import { verifiedModel } from "./fixtures/verified.js"
 
 const MODEL = tinyGguf()
 const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
@@ -76,8 +80,10 @@ const waitGone = (pid: number, within: Duration.DurationInput) =>
     Effect.timeoutFail({ duration: within, onTimeout: () => new Error(`pid ${pid} still alive`) })
   )
 
-const verified = VerifiedModel({ path: "", sha256: SPEC.sha256 as Sha256Hex, sizeBytes: SPEC.sizeBytes })
-const model = () => VerifiedModel({ ...verified, path: modelFile })
+/** The tiny model, verified by a store on disk, open for the caller's scope. */
+const model = () => verifiedModel(join(work, "verified"), MODEL)
+
+const hashedBytes = Effect.map(Metric.value(storeMetrics.hashedBytes), (state) => state.count)
 
 /** A Spawner that also records every handle it returns. */
 const recording = (options: SpawnerLive.SpawnerOptions, handles: Ref.Ref<ReadonlyArray<RuntimeHandle>>) =>
@@ -90,7 +96,8 @@ const recording = (options: SpawnerLive.SpawnerOptions, handles: Ref.Ref<Readonl
 const liveManager = (
   handles: Ref.Ref<ReadonlyArray<RuntimeHandle>>,
   spawner: Partial<SpawnerLive.SpawnerOptions> = {},
-  patch: Record<string, unknown> = {}
+  patch: Record<string, unknown> = {},
+  health: Layer.Layer<HealthProbe, never, HttpClient.HttpClient> = HealthProbeLive.layer(spawner.kind ?? "llama.cpp")
 ) =>
   Layer.unwrapEffect(
     Effect.map(
@@ -107,11 +114,13 @@ const liveManager = (
       }),
       (config) =>
         RuntimeManagerLive.layer(config).pipe(
+          Layer.provideMerge(ModelStoreLive.layer(ModelStoreLive.optionsFrom(config))),
           Layer.provide(
             Layer.mergeAll(
               DownloaderLive.layer({ allowedSources: config.allowedSources, extraCaCertificates: [pki.caPem] }),
+              StoreFileSystemLive.layer,
               recording({ kind: "llama.cpp", binary: llamaServer, parallel: config.admission.maxInFlight, ...spawner }, handles),
-              HealthProbeLive.layer(spawner.kind ?? "llama.cpp"),
+              health,
               ResourceStatLive.layer
             )
           ),
@@ -140,7 +149,7 @@ const latest = (handles: Ref.Ref<ReadonlyArray<RuntimeHandle>>) =>
   })
 
 describe("live: a real llama-server", () => {
-  it.live("ensureModel over HTTPS → start → a completion with the per-spawn key → drain → process gone", () =>
+  it.live("the model over HTTPS → start → a completion with the per-spawn key → drain → process gone", () =>
     Effect.gen(function*() {
       const handles = yield* Ref.make<ReadonlyArray<RuntimeHandle>>([])
       yield* Effect.gen(function*() {
@@ -203,6 +212,7 @@ describe("live: a real llama-server", () => {
         yield* Effect.flatMap(manager.status, (s) => (s.inFlight === 2 ? Effect.void : Effect.fail("wait"))).pipe(
           Effect.retry(Schedule.spaced("10 millis"))
         )
+        const hashedBefore = yield* hashedBytes
         process.kill(first.pid, "SIGKILL")
         const exits = yield* Fiber.join(inFlight)
         for (const exit of exits) {
@@ -217,6 +227,8 @@ describe("live: a real llama-server", () => {
         const second = yield* latest(handles)
         assert.notStrictEqual(second.pid, first.pid)
         assert.strictEqual((yield* manager.status).restarts, 1)
+        // The file was not written since it was verified: the restart did not read it again.
+        assert.strictEqual((yield* hashedBytes) - hashedBefore, 0)
         const answer = yield* manager.run(completion)
         assert.strictEqual(answer.status, 200)
         yield* manager.drain("10 seconds")
@@ -233,14 +245,16 @@ describe("live: a real llama-server", () => {
           parallel: 1,
           environment: { PATH: "/usr/bin:/bin", HOME: "/nonexistent", GITHUB_TOKEN: "ghp_secret", AWS_SECRET_ACCESS_KEY: "aws" }
         })
-        const handle = yield* spawner.spawn(model())
+        const handle = yield* spawner.spawn(yield* model())
         const key = Redacted.value(handle.apiKey)
         assert.isAtLeast(key.length, 43)
         const environ = readFileSync(`/proc/${handle.pid}/environ`, "utf8").split("\0").filter(Boolean)
         assert.deepStrictEqual(environ.map((e) => e.split("=")[0]).sort(), ["HOME", "LLAMA_API_KEY", "PATH"])
         const cmdline = readFileSync(`/proc/${handle.pid}/cmdline`, "utf8").split("\0")
         assert.notInclude(cmdline.join(" "), key)
-        assert.includeMembers(cmdline, ["--host", "127.0.0.1", "--port", "0", "--parallel", "1", "-m", modelFile])
+        // The model is the store's descriptor of the verified file, inherited as fd 3; no path is passed.
+        assert.includeMembers(cmdline, ["--host", "127.0.0.1", "--port", "0", "--parallel", "1", "-m", "/dev/fd/3"])
+        assert.notInclude(cmdline.join(" "), SPEC.sha256)
         const output = yield* handle.output
         assert.isTrue(output.some((line) => line.includes("listening on")))
         assert.isFalse(output.some((line) => line.includes(key)))
@@ -250,9 +264,60 @@ describe("live: a real llama-server", () => {
       }).pipe(Effect.provide(NodeContext.layer))
     ), 60_000)
 
+  it.live("a file renamed onto the model's path after verification is never served: the runtime reads the verified file", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const store = join(work, "swap-store")
+        const swapped = yield* verifiedModel(store, MODEL)
+        // The attacker's file (garbage, which llama-server could not load) takes the model's name.
+        const final = join(store, SPEC.sha256)
+        writeFileSync(join(store, "impostor"), Buffer.alloc(MODEL.length, 0x41))
+        renameSync(join(store, "impostor"), final)
+        const spawner = yield* SpawnerLive.make({ kind: "llama.cpp", binary: llamaServer, parallel: 1 })
+        const handle = yield* spawner.spawn(swapped)
+        // It loaded (garbage would not have) and serves: the bytes behind fd 3 are the verified ones.
+        const answer = yield* completion(handle).pipe(Effect.provide(NodeHttpClient.layerUndici))
+        assert.strictEqual(answer.status, 200)
+        assert.strictEqual(sha256Hex(readFileSync(`/proc/${handle.pid}/fd/3`)), SPEC.sha256)
+        assert.match(readlinkSync(`/proc/${handle.pid}/fd/3`), /\(deleted\)$/)
+        yield* handle.stop("5 seconds")
+      }).pipe(Effect.provide(NodeContext.layer))
+    ), 60_000)
+
+  it.live("the model written in place while the runtime loads: the start fails model_changed and the runtime is stopped", () =>
+    Effect.gen(function*() {
+      const handles = yield* Ref.make<ReadonlyArray<RuntimeHandle>>([])
+      const storeDir = join(work, "store-written")
+      // A health probe that, before its first answer, lets the attacker write into the stored model.
+      const writing = Layer.effect(
+        HealthProbe,
+        Effect.map(HealthProbeLive.make("llama.cpp"), (live) => {
+          let written = false
+          return HealthProbe.of({
+            probe: (handle) =>
+              Effect.suspend(() => {
+                if (!written) {
+                  written = true
+                  const fd = openSync(join(storeDir, SPEC.sha256), "r+")
+                  writeSync(fd, Buffer.from([0]), 0, 1, MODEL.length - 1)
+                  closeSync(fd)
+                }
+                return live.probe(handle)
+              })
+          })
+        })
+      )
+      yield* Effect.gen(function*() {
+        const manager = yield* RuntimeManager
+        yield* expectFailure(manager.start, "ModelStoreError", "model_changed")
+        assert.strictEqual((yield* manager.status).state, "stopped")
+        assert.isTrue(gone((yield* latest(handles)).pid))
+      }).pipe(Effect.provide(liveManager(handles, {}, { storeDir }, writing)))
+    }), 60_000)
+
   it.live("SIGKILL of a manager process: its runtime is gone within 5 s", () =>
     Effect.gen(function*() {
-      const child = spawn(process.execPath, ["--import", "tsx", "test/live/fixtures/manager-child.ts", llamaServer, modelFile], {
+      const child = spawn(process.execPath, ["--import", "tsx", "test/live/fixtures/manager-child.ts", llamaServer, join(work, "child-store"), modelFile], {
         stdio: ["ignore", "pipe", "inherit"]
       })
       const runtimePid = yield* Effect.async<number>((resume) => {
@@ -292,7 +357,7 @@ describe("live: stand-in runtimes", () => {
     Effect.scoped(
       Effect.gen(function*() {
         const spawner = yield* SpawnerLive.make({ kind: "llama.cpp", binary: standin("stubborn"), parallel: 1 })
-        const handle = yield* spawner.spawn(model())
+        const handle = yield* spawner.spawn(yield* model())
         const key = Redacted.value(handle.apiKey)
         yield* Effect.flatMap(handle.output, (lines) =>
           lines.some((l) => l.startsWith("api key is")) ? Effect.void : Effect.fail("wait")).pipe(
@@ -313,7 +378,7 @@ describe("live: stand-in runtimes", () => {
   it.live("a runtime that exits before reporting its address is exited_early", () =>
     expectFailure(
       Effect.scoped(
-        Effect.flatMap(SpawnerLive.make({ kind: "llama.cpp", binary: standin("exit"), parallel: 1 }), (s) => s.spawn(model()))
+        Effect.flatMap(SpawnerLive.make({ kind: "llama.cpp", binary: standin("exit"), parallel: 1 }), (s) => Effect.flatMap(model(), s.spawn))
       ).pipe(Effect.provide(NodeContext.layer)),
       "SpawnError",
       "exited_early"
@@ -324,7 +389,7 @@ describe("live: stand-in runtimes", () => {
       Effect.gen(function*() {
         const spawner = yield* SpawnerLive.make({ kind: "ollama", binary: standin("ollama"), parallel: 1 })
         const probe = yield* HealthProbeLive.make("ollama")
-        const handle = yield* spawner.spawn(model())
+        const handle = yield* spawner.spawn(yield* model())
         const port = Number(/:(\d+)$/.exec(handle.baseUrl)?.[1])
         const health = yield* probe.probe(handle).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
         assert.strictEqual(health, "ok")
@@ -343,7 +408,7 @@ describe("live: stand-in runtimes", () => {
         const marker = join(work, "ollama-taken-marker")
         const spawner = yield* SpawnerLive.make({ kind: "ollama", binary: standin("ollama-taken-once", marker), parallel: 1 })
         const probe = yield* HealthProbeLive.make("ollama")
-        const handle = yield* spawner.spawn(model())
+        const handle = yield* spawner.spawn(yield* model())
         assert.isTrue(existsSync(marker)) // the first launch ran and failed
         const health = yield* probe.probe(handle).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
         assert.strictEqual(health, "ok")
