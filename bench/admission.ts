@@ -7,9 +7,8 @@ import { performance } from "node:perf_hooks"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import pLimit from "p-limit"
 import * as DownloaderTest from "../src/layers/DownloaderTest.js"
-import * as RuntimeManagerLive from "../src/layers/RuntimeManagerLive.js"
 import * as TestLayers from "../src/layers/TestLayers.js"
-import { RuntimeManager, RuntimeManagerConfig } from "../src/services/RuntimeManager.js"
+import { RuntimeManager } from "../src/services/RuntimeManager.js"
 import { ConfigProvider } from "effect"
 import { createHash } from "node:crypto"
 import { machine, median, today, writeSection } from "./report.js"
@@ -21,19 +20,14 @@ const MAX_IN_FLIGHT = 8
 
 const model = new Uint8Array(4096).map((_, i) => i & 0xff)
 const source = "https://models.example.com/bench/model.gguf"
-const config = await Effect.runPromise(
-  Effect.withConfigProvider(
-    RuntimeManagerConfig,
-    ConfigProvider.fromJson({
-      storeDir: "/store",
-      model: { sha256: createHash("sha256").update(model).digest("hex"), sizeBytes: model.length, source },
-      allowedSources: ["https://models.example.com/bench"],
-      admission: { maxInFlight: MAX_IN_FLIGHT, queueBound: 1024 },
-      maxObservationAge: "1 hour"
-    })
-  )
-)
-const layer = RuntimeManagerLive.layer(config).pipe(Layer.provideMerge(TestLayers.layer))
+const config = ConfigProvider.fromJson({
+  storeDir: "/store",
+  model: { sha256: createHash("sha256").update(model).digest("hex"), sizeBytes: model.length, source },
+  allowedSources: ["https://models.example.com/bench"],
+  admission: { maxInFlight: MAX_IN_FLIGHT, queueBound: 1024 },
+  maxObservationAge: "1 hour"
+})
+const layer = TestLayers.layer.pipe(Layer.provide(Layer.setConfigProvider(config)))
 const runtime = ManagedRuntime.make(layer)
 await runtime.runPromise(
   Effect.gen(function*() {

@@ -1,12 +1,20 @@
 /** start, health polling, drain, supervision, the circuit, idle unload and layer shutdown. */
+import { FileSystem } from "@effect/platform"
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Layer, Redacted, Scope, Stream, TestClock } from "effect"
+import { Deferred, Effect, Either, Exit, Fiber, Layer, Metric, Option, Redacted, Scope, Stream, TestClock } from "effect"
+import * as Integrity from "../../src/domain/Integrity.js"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
+import { MemoryFileSystem } from "../../src/layers/MemoryFileSystem.js"
 import { HealthProbeControl } from "../../src/layers/HealthProbeTest.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { HealthError, SpawnError } from "../../src/services/Errors.js"
+import { metrics as storeMetrics, ModelStore, type VerifiedModel } from "../../src/services/ModelStore.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
-import { expectFailure, FINAL_PATH, managerLayer, MODEL, SOURCE, startReady } from "./harness.js"
+import { Spawner } from "../../src/services/Spawner.js"
+import { expectFailure, FINAL_PATH, managerLayer, MODEL, SOURCE, SPEC, startReady, STORE } from "./harness.js"
+
+const SPEC_CHECKED = Either.getOrThrow(Integrity.checkSpec(SPEC))
+const hashed = Effect.map(Metric.value(storeMetrics.hashedBytes), (state) => state.count)
 
 describe("RuntimeManager.start", () => {
   it.scoped("stopped → starting → ready, spawning the verified file", () =>
@@ -24,7 +32,9 @@ describe("RuntimeManager.start", () => {
       assert.deepStrictEqual(seen, ["stopped", "starting", "ready"])
       assert.isTrue(yield* manager.available)
       const process = yield* spawner.latest
-      assert.strictEqual(process.model.path, FINAL_PATH)
+      // The runtime was handed the descriptor of the verified file.
+      const served = yield* (yield* MemoryFileSystem).bytesOfDescriptor(process.model.descriptor)
+      assert.isTrue(Option.exists(served, (bytes) => Buffer.compare(bytes, MODEL) === 0))
       assert.deepStrictEqual(yield* manager.status, { state: "ready", since: 0, inFlight: 0, queued: 0, restarts: 0, circuitOpen: false })
     }).pipe(Effect.provide(managerLayer())))
 
@@ -240,6 +250,95 @@ describe("RuntimeManager supervision", () => {
       assert.isTrue(yield* manager.available)
       assert.strictEqual((yield* manager.status).restarts, 1)
       assert.strictEqual(yield* manager.run(() => Effect.succeed("answer")), "answer")
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("start never spawns when verification fails", () =>
+    Effect.gen(function*() {
+      const downloader = yield* DownloaderControl
+      const spawner = yield* SpawnerControl
+      const manager = yield* RuntimeManager
+      const flipped = Uint8Array.from(MODEL)
+      flipped[0] = (flipped[0] ?? 0) ^ 0x80
+      yield* downloader.serve(SOURCE, flipped)
+      yield* expectFailure(manager.start, "IntegrityError", "digest_mismatch")
+      assert.strictEqual((yield* spawner.spawned).length, 0)
+      assert.strictEqual((yield* manager.status).state, "stopped")
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("hash once: serve's verification and the start read the stored model once; a restart of an unchanged file reads nothing", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const spawner = yield* SpawnerControl
+      const manager = yield* RuntimeManager
+      const store = yield* ModelStore
+      yield* fs.makeDirectory(STORE, { recursive: true })
+      yield* fs.writeFile(FINAL_PATH, MODEL)
+      const before = yield* hashed
+      // What `serve` does: verify, report, then start.
+      yield* Effect.scoped(store.ensure(SPEC_CHECKED, new URL(SOURCE)))
+      yield* manager.start
+      assert.strictEqual((yield* hashed) - before, MODEL.length)
+      yield* (yield* spawner.latest).crash()
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow()
+      assert.strictEqual((yield* spawner.spawned).length, 2)
+      assert.isTrue(yield* manager.available)
+      assert.strictEqual((yield* hashed) - before, MODEL.length, "the restart did not read the file again")
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("a restart after the file was written reads it again; a file that no longer verifies is never served", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const memory = yield* MemoryFileSystem
+      const spawner = yield* SpawnerControl
+      const downloader = yield* DownloaderControl
+      const manager = yield* startReady
+      const before = yield* hashed
+      // Someone writes other bytes into the stored model while the runtime runs; then it crashes.
+      const altered = Uint8Array.from(MODEL)
+      altered[100] = (altered[100] ?? 0) ^ 0xff
+      yield* fs.writeFile(FINAL_PATH, altered)
+      yield* (yield* spawner.latest).crash()
+      yield* TestClock.adjust("1 second")
+      yield* Effect.yieldNow()
+      assert.isTrue(yield* manager.available)
+      // Read again, refused, and fetched afresh: the new runtime was handed the model's own bytes.
+      assert.strictEqual((yield* hashed) - before, MODEL.length)
+      assert.strictEqual((yield* downloader.requests).length, 2)
+      const served = yield* memory.bytesOfDescriptor((yield* spawner.latest).model.descriptor)
+      assert.isTrue(Option.exists(served, (bytes) => Buffer.compare(bytes, MODEL) === 0))
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("the model written while the runtime loads: the start fails model_changed, the process is killed, nothing is served", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const health = yield* HealthProbeControl
+      const spawner = yield* SpawnerControl
+      const downloader = yield* DownloaderControl
+      const manager = yield* RuntimeManager
+      yield* downloader.serve(SOURCE, MODEL)
+      yield* health.answers("loading", "ok")
+      const starting = yield* Effect.fork(Effect.either(manager.start))
+      for (let i = 0; i < 1000 && (yield* spawner.spawned).length === 0; i++) yield* Effect.yieldNow()
+      // Spawned (handed the verified descriptor) and loading: now the file behind it is written.
+      assert.strictEqual((yield* spawner.spawned).length, 1)
+      assert.strictEqual((yield* manager.status).state, "starting")
+      const altered = Uint8Array.from(MODEL)
+      altered[1] = (altered[1] ?? 0) ^ 1
+      yield* fs.writeFile(FINAL_PATH, altered)
+      yield* TestClock.adjust("100 millis")
+      yield* expectFailure(Effect.flatten(Fiber.join(starting)), "ModelStoreError", "model_changed")
+      assert.isFalse(yield* (yield* spawner.latest).alive)
+      assert.strictEqual((yield* manager.status).state, "stopped")
+      yield* expectFailure(manager.run(() => Effect.void), "LifecycleError", "not_ready")
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("a forged model (not minted by the store) is refused by the spawner", () =>
+    Effect.gen(function*() {
+      const spawner = yield* Spawner
+      const forged = { sha256: SPEC.sha256, sizeBytes: SPEC.sizeBytes, descriptor: 3 } as unknown as VerifiedModel
+      yield* expectFailure(Effect.scoped(spawner.spawn(forged)), "SpawnError", "unverified_model")
+      assert.strictEqual((yield* (yield* SpawnerControl).spawned).length, 0)
     }).pipe(Effect.provide(managerLayer())))
 
   it.effect("an exit while draining fails in-flight work and ends stopped", () =>

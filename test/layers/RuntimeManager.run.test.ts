@@ -1,11 +1,10 @@
 /** run: the gate around inference effects — admission, queueing, timeouts, interruption, resources. */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, ConfigProvider, Deferred, Effect, Exit, Fiber, Metric, MetricState, Option, Random, TestClock } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Metric, MetricState, Option, Random, TestClock } from "effect"
 import { ResourceStatControl } from "../../src/layers/ResourceStatTest.js"
-import { metrics } from "../../src/layers/RuntimeManagerLive.js"
 import { ResourceStatError } from "../../src/services/Errors.js"
-import { RuntimeManager, RuntimeManagerConfig } from "../../src/services/RuntimeManager.js"
-import { baseConfig, expectFailure, loadConfig, managerLayer, startReady } from "./harness.js"
+import { metrics, RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { expectFailure, managerLayer, startReady } from "./harness.js"
 
 const counter = (metric: Metric.Metric.Counter<number>) =>
   Effect.map(Metric.value(metric), (state: MetricState.MetricState.Counter<number>) => state.count)
@@ -218,41 +217,4 @@ describe("RuntimeManager.run", () => {
       assert.strictEqual(violations, 0)
       assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [0, 0])
     }).pipe(Effect.provide(managerLayer({ admission: { maxInFlight: 4, queueBound: 16 } }))), 60_000)
-})
-
-describe("RuntimeManagerConfig", () => {
-  it.effect("fills defaults; the queue timeout and idle unload are off unless configured", () =>
-    Effect.gen(function*() {
-      const config = yield* Effect.withConfigProvider(
-        RuntimeManagerConfig,
-        ConfigProvider.fromJson({ model: baseConfig.model, allowedSources: baseConfig.allowedSources })
-      )
-      assert.strictEqual(config.admission.maxInFlight, 4)
-      assert.strictEqual(config.admission.queueBound, 64)
-      assert.isTrue(Option.isNone(config.admission.queueTimeout))
-      assert.isTrue(Option.isNone(config.idleTtl))
-      assert.isFalse("maxVramBytes" in config.resources)
-      assert.strictEqual(config.restart.enabled, true)
-    }))
-
-  it.effect("names the field and what it expected, never the value", () =>
-    Effect.gen(function*() {
-      const secretSource = "https://tenant-991.example/private/m.gguf"
-      const cases = [
-        { model: { ...baseConfig.model, sha256: "SECRETDIGEST", source: secretSource } },
-        { admission: { maxInFlight: -3 } },
-        { resources: { maxCpuPercent: 250 } },
-        { health: { loadDeadline: "0 millis" } }
-      ]
-      for (const patch of cases) {
-        const exit = yield* Effect.exit(loadConfig(patch))
-        assert.isTrue(Exit.isFailure(exit))
-        const text = String(Exit.isFailure(exit) ? exit.cause : "")
-        assert.notInclude(text, "SECRETDIGEST")
-        assert.notInclude(text, "tenant-991")
-        assert.notInclude(text, "-3")
-        assert.notInclude(text, "250")
-        assert.match(text, /expected/)
-      }
-    }))
 })
