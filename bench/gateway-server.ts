@@ -21,13 +21,16 @@ import { ConfigProvider, Effect, Layer, Redacted } from "effect"
 import { serveBytes, startOrigin } from "../scripts/lib/origin.js"
 import { makeTestPki } from "../scripts/lib/pki.js"
 import { tinyGguf } from "../scripts/tiny-gguf.js"
+import { CompanionConfig } from "../src/config/Config.js"
+import * as Gateway from "../src/http/Gateway.js"
 import * as DownloaderLive from "../src/layers/DownloaderLive.js"
-import * as GatewayLive from "../src/layers/GatewayLive.js"
 import * as HealthProbeLive from "../src/layers/HealthProbeLive.js"
+import * as ModelStoreLive from "../src/layers/ModelStoreLive.js"
 import * as ResourceStatLive from "../src/layers/ResourceStatLive.js"
 import * as RuntimeManagerLive from "../src/layers/RuntimeManagerLive.js"
 import * as SpawnerLive from "../src/layers/SpawnerLive.js"
-import { RuntimeManager, RuntimeManagerConfig } from "../src/services/RuntimeManager.js"
+import * as StoreFileSystemLive from "../src/layers/StoreFileSystemLive.js"
+import { RuntimeManager } from "../src/services/RuntimeManager.js"
 import { Spawner } from "../src/services/Spawner.js"
 
 const [llamaServer = "", maxInFlight = "4", starts = "7"] = process.argv.slice(2)
@@ -94,7 +97,7 @@ const pki = makeTestPki()
 const origin = await startOrigin(pki, { "/models/tiny.gguf": serveBytes(model) })
 
 const program = Effect.gen(function*() {
-  const config = yield* RuntimeManagerConfig.pipe(
+  const config = yield* CompanionConfig.pipe(
     Effect.withConfigProvider(ConfigProvider.fromJson({
       storeDir: join(work, "store"),
       model: {
@@ -106,10 +109,12 @@ const program = Effect.gen(function*() {
       admission: { maxInFlight: Number(maxInFlight), queueBound: 64 }
     }))
   )
-  const stack = GatewayLive.layer().pipe(
+  const stack = Gateway.layer().pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
     Layer.provideMerge(RuntimeManagerLive.layer(config)),
+    Layer.provide(ModelStoreLive.layer(ModelStoreLive.optionsFrom(config))),
     Layer.provide(Layer.mergeAll(
+      StoreFileSystemLive.layer,
       DownloaderLive.layer({ allowedSources: config.allowedSources, extraCaCertificates: [pki.caPem] }),
       timedSpawner({ kind: "llama.cpp", binary: llamaServer, parallel: config.admission.maxInFlight, contextSize: 512 * config.admission.maxInFlight, threads: 1 }),
       HealthProbeLive.layer("llama.cpp"),

@@ -7,9 +7,14 @@
  * round, then the median.
  * Also: the manager's start-to-ready against the runtime's own spawn-to-first-200 on /health.
  * Writes docs/benchmarks.md.
+ *
+ * `BENCH_BASELINE=<another checkout>` also starts that checkout's bench server (its gateway, in
+ * front of its own llama-server) and measures its gateway and its direct runtime in the same
+ * rotation: a before/after comparison in one run. Its figures go to the console and to
+ * `BENCH_BASELINE_OUT` (JSON), not to docs/benchmarks.md.
  */
 import { execFileSync, spawn } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { readFileSync, writeFileSync } from "node:fs"
 import { Agent, request } from "node:http"
 import { createInterface } from "node:readline"
 import { machine, median, today, writeSection } from "./report.js"
@@ -26,28 +31,57 @@ const llamaServer = execFileSync(process.execPath, ["scripts/runtime-ensure.mjs"
   stdio: ["ignore", "pipe", "inherit"]
 }).trim().split("\n").at(-1) ?? ""
 
-const server = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []), "--import", "tsx", "bench/gateway-server.ts", llamaServer, String(MAX_IN_FLIGHT), String(STARTS)], {
-  stdio: ["pipe", "pipe", "inherit"]
-})
-const startups: Array<{ startToReady: number; spawnToFirstOk: number }> = []
-const targets = await new Promise<{ gateway: string; proxy: string; direct: string; key: string }>((resolve, reject) => {
-  createInterface({ input: server.stdout! }).on("line", (line) => {
-    const value = JSON.parse(line) as Record<string, unknown>
-    if ("startToReady" in value) startups.push(value as never)
-    else resolve(value as never)
-  })
-  server.once("exit", (code) => reject(new Error(`the bench server exited (${code})`)))
-})
+interface Targets {
+  readonly gateway: string
+  readonly proxy: string
+  readonly direct: string
+  readonly key: string
+}
 
-/** CPU seconds the gateway process has used (user + system), from /proc. */
-const serverCpu = (): number => {
-  const stat = readFileSync(`/proc/${server.pid}/stat`, "utf8")
+/** A bench server (`cwd`'s code): its start-up lines, then its targets. */
+const startServer = async (cwd: string, starts: number) => {
+  const child = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []), "--import", "tsx", "bench/gateway-server.ts", llamaServer, String(MAX_IN_FLIGHT), String(starts)], {
+    cwd,
+    stdio: ["pipe", "pipe", "inherit"]
+  })
+  const startups: Array<{ startToReady: number; spawnToFirstOk: number }> = []
+  const targets = await new Promise<Targets>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      const value = JSON.parse(line) as Record<string, unknown>
+      if ("startToReady" in value) startups.push(value as never)
+      else resolve(value as never)
+    })
+    child.once("exit", (code) => reject(new Error(`the bench server exited (${code})`)))
+  })
+  return { child, startups, targets }
+}
+
+const BASELINE = process.env.BENCH_BASELINE
+const main = await startServer(process.cwd(), STARTS)
+const baseline = BASELINE === undefined ? undefined : await startServer(BASELINE, 1)
+const server = main.child
+const startups = main.startups
+const targets = main.targets
+
+/** CPU seconds a server process has used (user + system), from /proc. */
+const cpuOf = (pid: number | undefined): number => {
+  if (pid === undefined) return 0
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
   return (Number(fields[11]) + Number(fields[12])) / 100
 }
 
-const TARGETS = ["direct", "proxy", "gateway"] as const
-type Target = (typeof TARGETS)[number]
+const TARGETS = baseline === undefined
+  ? (["direct", "proxy", "gateway"] as const)
+  : (["direct", "proxy", "gateway", "baselineDirect", "baselineGateway"] as const)
+type Target = "direct" | "proxy" | "gateway" | "baselineDirect" | "baselineGateway"
+const addressOf: Record<Target, { readonly url: string; readonly key: string | undefined; readonly pid: number | undefined }> = {
+  direct: { url: targets.direct, key: targets.key, pid: server.pid },
+  proxy: { url: targets.proxy, key: undefined, pid: server.pid },
+  gateway: { url: targets.gateway, key: undefined, pid: server.pid },
+  baselineDirect: { url: baseline?.targets.direct ?? "", key: baseline?.targets.key, pid: baseline?.child.pid },
+  baselineGateway: { url: baseline?.targets.gateway ?? "", key: undefined, pid: baseline?.child.pid }
+}
 interface Batch {
   readonly latencies: Array<number>
   readonly rps: number
@@ -79,8 +113,7 @@ const one = (base: string, key: string | undefined, agent: Agent) =>
   })
 
 const batch = async (target: Target, concurrency: number): Promise<Batch> => {
-  const base = targets[target]
-  const key = target === "direct" ? targets.key : undefined
+  const { key, pid, url: base } = addressOf[target]
   const agentKey = `${target}/${concurrency}`
   if (!agents.has(agentKey)) agents.set(agentKey, new Agent({ keepAlive: true, maxSockets: concurrency }))
   const agent = agents.get(agentKey)!
@@ -88,7 +121,7 @@ const batch = async (target: Target, concurrency: number): Promise<Batch> => {
   let failed = 0
   const failures: Record<number, number> = {}
   let next = 0
-  const cpu0 = serverCpu()
+  const cpu0 = cpuOf(pid)
   const t0 = performance.now()
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (next < PER_BATCH) {
@@ -103,13 +136,22 @@ const batch = async (target: Target, concurrency: number): Promise<Batch> => {
   }))
   const seconds = (performance.now() - t0) / 1000
   if (failed > 0) console.log(`${target} at ${concurrency}: not 200: ${JSON.stringify(failures)}`)
-  return { latencies, rps: latencies.length / seconds, failed, failures, gatewayCpu: serverCpu() - cpu0 }
+  return { latencies, rps: latencies.length / seconds, failed, failures, gatewayCpu: cpuOf(pid) - cpu0 }
 }
 
 const quantile = (xs: ReadonlyArray<number>, q: number): number => {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!
 }
+
+interface BaselineRow {
+  readonly concurrency: number
+  /** Requests/s of each gateway over its own runtime, per round, then the median. */
+  readonly ratio: { readonly after: number; readonly before: number }
+  /** Server CPU per request of each gateway, µs. */
+  readonly cpuPerRequestUs: { readonly after: number; readonly before: number }
+}
+const baselineRows: Array<BaselineRow> = []
 
 interface Row {
   readonly concurrency: number
@@ -138,6 +180,20 @@ for (const concurrency of CONCURRENCY) {
   }
   const stat = (f: (b: Batch) => number) =>
     Object.fromEntries(TARGETS.map((t) => [t, median(rounds.map((r) => f(r[t])))])) as Record<Target, number>
+  if (baseline !== undefined) {
+    // Each server idles while the other's targets run: its CPU during its own direct batches is its idle cost.
+    const perRequest = (gatewayTarget: Target, directTarget: Target) =>
+      Math.max(0, (median(rounds.map((r) => r[gatewayTarget].gatewayCpu)) - median(rounds.map((r) => r[directTarget].gatewayCpu))) / PER_BATCH * 1e6)
+    baselineRows.push({
+      concurrency,
+      ratio: {
+        after: median(rounds.map((r) => r.gateway.rps / r.direct.rps)),
+        before: median(rounds.map((r) => r.baselineGateway.rps / r.baselineDirect.rps))
+      },
+      cpuPerRequestUs: { after: perRequest("gateway", "direct"), before: perRequest("baselineGateway", "baselineDirect") }
+    })
+    console.log(JSON.stringify(baselineRows.at(-1)))
+  }
   // The server process idles while the direct batch runs: its CPU there is the baseline to remove.
   const idleCpu = median(rounds.map((r) => r.direct.gatewayCpu))
   const cpu = (t: Target) => Math.max(0, (median(rounds.map((r) => r[t].gatewayCpu)) - idleCpu) / PER_BATCH * 1e6)
@@ -156,8 +212,15 @@ for (const concurrency of CONCURRENCY) {
   console.log(JSON.stringify(rows.at(-1)))
 }
 
-server.stdin!.end()
-await new Promise((resolve) => server.once("exit", resolve))
+for (const child of [server, baseline?.child]) {
+  if (child === undefined) continue
+  child.stdin!.end()
+  await new Promise((resolve) => child.once("exit", resolve))
+}
+if (baseline !== undefined) {
+  if (process.env.BENCH_BASELINE_OUT !== undefined) writeFileSync(process.env.BENCH_BASELINE_OUT, JSON.stringify({ rows, baselineRows }, null, 2))
+  process.exit(0)
+}
 
 const overhead = startups.map((s) => s.startToReady - s.spawnToFirstOk)
 const ms = (x: number) => x.toFixed(2)

@@ -6,7 +6,7 @@
 import { request as httpRequest } from "node:http"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Redacted, Runtime, Schedule } from "effect"
-import * as GatewayLive from "../../src/layers/GatewayLive.js"
+import * as Answers from "../../src/http/Answers.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { call, crashRuntime, errorType, gateway, oneInFlight, portOf, slotsFreed, standIn, start, statusUntil } from "./gatewayHarness.js"
@@ -18,7 +18,10 @@ describe("Gateway (in-memory manager, real socket)", () => {
       const probes: Array<[string, string]> = [
         ["GET", "/"], ["GET", "/v1/completions"], ["POST", "/health"], ["DELETE", "/v1/models"],
         ["POST", "/v1/embeddings"], ["GET", "/props"], ["POST", "/slots"], ["GET", "/metrics"],
-        ["GET", "/v1/models/../../etc/passwd"], ["PUT", "/v1/chat/completions"], ["GET", "/HEALTH"]
+        ["GET", "/v1/models/../../etc/passwd"], ["PUT", "/v1/chat/completions"], ["GET", "/HEALTH"],
+        // Exact matches only: no other spelling of a route reaches it.
+        ["GET", "/health/"], ["GET", "//health"], ["GET", "/v1/%6dodels"], ["POST", "/v1/chat//completions"],
+        ["POST", "/V1/completions"], ["GET", "/v1/models/"]
       ]
       for (const [method, path] of probes) {
         const answer = yield* call(port, { method, path })
@@ -241,9 +244,9 @@ describe("Gateway (in-memory manager, real socket)", () => {
     }).pipe(Effect.provide(gateway())))
 
   it("maps every typed failure to its status", () => {
-    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "RuntimeExitedError", reason: "runtime_exited" } as never), { status: 502, retry: false })
-    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "AdmissionError", reason: "queue_full" } as never), { status: 503, retry: true })
-    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "ResourceError", reason: "ram_over_limit" } as never), { status: 503, retry: true })
-    assert.deepStrictEqual(GatewayLive.statusOf({ _tag: "LifecycleError", reason: "not_ready" } as never), { status: 503, retry: true })
+    assert.deepStrictEqual(Answers.statusOf({ _tag: "RuntimeExitedError", reason: "runtime_exited" } as never), { status: 502, retry: false })
+    assert.deepStrictEqual(Answers.statusOf({ _tag: "AdmissionError", reason: "queue_full" } as never), { status: 503, retry: true })
+    assert.deepStrictEqual(Answers.statusOf({ _tag: "ResourceError", reason: "ram_over_limit" } as never), { status: 503, retry: true })
+    assert.deepStrictEqual(Answers.statusOf({ _tag: "LifecycleError", reason: "not_ready" } as never), { status: 503, retry: true })
   })
 })

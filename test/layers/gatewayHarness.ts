@@ -6,7 +6,7 @@ import { createServer, request as httpRequest } from "node:http"
 import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import { HttpServer } from "@effect/platform"
 import { Effect, Layer, Schedule } from "effect"
-import * as GatewayLive from "../../src/layers/GatewayLive.js"
+import * as Gateway from "../../src/http/Gateway.js"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { type ManagerStatus, RuntimeManager } from "../../src/services/RuntimeManager.js"
@@ -127,8 +127,8 @@ export const crashRuntime = Effect.flatMap(Effect.flatMap(SpawnerControl, (c) =>
 
 export const serverLayer = NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })
 
-export const gateway = (options: GatewayLive.GatewayOptions = {}, patch: Record<string, unknown> = {}) =>
-  GatewayLive.layer(options).pipe(
+export const gateway = (options: Gateway.GatewayOptions = {}, patch: Record<string, unknown> = {}) =>
+  Gateway.layer(options).pipe(
     Layer.provideMerge(serverLayer),
     Layer.provideMerge(managerLayer(patch)),
     Layer.provide(NodeHttpClient.layerUndici)

@@ -14,7 +14,7 @@ import OpenAI from "openai"
 import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
 import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
 import { tinyGguf } from "../../scripts/tiny-gguf.js"
-import * as GatewayLive from "../../src/layers/GatewayLive.js"
+import * as Gateway from "../../src/http/Gateway.js"
 import * as LiveLayers from "../../src/layers/LiveLayers.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { sha256Hex } from "../domain/fixtures.js"
@@ -67,7 +67,7 @@ const provider = () => {
 
 /** Gateway + the whole live stack from a ConfigProvider, on an ephemeral loopback port. */
 const stack = () =>
-  GatewayLive.layer({ token: Redacted.make(TOKEN) }).pipe(
+  Gateway.layer({ token: Redacted.make(TOKEN) }).pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
     Layer.provideMerge(LiveLayers.layer),
     Layer.provide(NodeHttpClient.layerUndici),

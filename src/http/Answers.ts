@@ -1,0 +1,61 @@
+/**
+ * Every answer the gateway makes itself, from one table: a refusal's status, its headers and its
+ * body `{ "error": { "type": <reason>, "message": <fixed text> } }` (no input is ever echoed), and
+ * the health answer. A relayed answer is the runtime's own bytes (see `Relay.ts`); when one fails
+ * part-way its last event carries the same error body.
+ */
+import { HttpServerResponse } from "@effect/platform"
+import type { GatewayError } from "../services/Errors.js"
+import type { ManagerStatus, RunFailure } from "../services/RuntimeManager.js"
+
+export type Failure = RunFailure | GatewayError
+
+/** The status of each refusal the gateway makes itself. */
+const GATEWAY_STATUS: Record<GatewayError["reason"], number> = {
+  not_found: 404,
+  misdirected_request: 421,
+  origin_not_allowed: 403,
+  unauthorized: 401,
+  body_too_large: 413,
+  invalid_body: 400,
+  upstream_failed: 502
+}
+
+/**
+ * The HTTP answer to each typed failure: status, and whether it carries `Retry-After`. Anything
+ * from the manager but a runtime exit (not ready, draining, queue full or timed out, resources
+ * over limit, circuit open) is "try again shortly".
+ */
+export const statusOf = (error: Failure): { readonly status: number; readonly retry: boolean } =>
+  error._tag === "GatewayError"
+    ? { status: GATEWAY_STATUS[error.reason], retry: false }
+    : error._tag === "RuntimeExitedError"
+    ? { status: 502, retry: false }
+    : { status: 503, retry: true }
+
+export const errorBody = (error: { readonly reason: string; readonly message: string }) => ({
+  error: { type: error.reason, message: error.message }
+})
+
+export const refusal = (error: Failure, retryAfterSeconds: number) => {
+  const { retry, status } = statusOf(error)
+  return HttpServerResponse.unsafeJson(errorBody(error), {
+    status,
+    headers: retry
+      ? { "retry-after": String(retryAfterSeconds) }
+      // The rest of an oversized body is not worth reading to keep the connection.
+      : error._tag === "GatewayError" && error.reason === "body_too_large"
+      ? { connection: "close" }
+      : {}
+  })
+}
+
+/** `/health`: the lifecycle state and the load; 200 only when ready. */
+export const health = (status: ManagerStatus) =>
+  HttpServerResponse.unsafeJson(
+    { state: status.state, inFlight: status.inFlight, queued: status.queued },
+    { status: status.state === "ready" ? 200 : 503 }
+  )
+
+/** What a handler returns once the relay has written the answer: the server then writes nothing more. */
+export const relayed = HttpServerResponse.empty()

@@ -1,0 +1,117 @@
+/**
+ * The loopback inference gateway: the one door between a companion app and its local model.
+ *
+ * Routes (`HttpRouter`), and nothing else (404): `POST /v1/chat/completions`, `POST /v1/completions`,
+ * `GET /v1/models`, and `GET /health` (the lifecycle state; 200 only when ready). Before any route,
+ * the guards (`Guards.ts`): Host (421), Origin (403), token (401). An inference body is read up to
+ * its limit (413) and must be a JSON object (400). Then the request goes through
+ * `RuntimeManager.run` to the runtime with the per-spawn key, and the runtime's answer streams back
+ * chunk by chunk (`Relay.ts`); the slot is held until the last chunk or the client's disconnect,
+ * which also aborts the upstream request. Every other answer comes from `Answers.ts`.
+ */
+import { HttpRouter, HttpServer, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
+import { Effect, Layer, Option, type Redacted } from "effect"
+import type { Agent } from "node:http"
+import { CompanionConfig } from "../config/Config.js"
+import { GatewayError } from "../services/Errors.js"
+import { RuntimeManager } from "../services/RuntimeManager.js"
+import * as Answers from "./Answers.js"
+import { guards } from "./Guards.js"
+import * as Relay from "./Relay.js"
+
+export interface GatewayOptions {
+  /** Origins a browser may call from (exact `scheme://host:port`). Default: none. */
+  readonly allowedOrigins?: ReadonlyArray<string> | undefined
+  /** When set, every route but `/health` needs `Authorization: Bearer <token>`. */
+  readonly token?: Redacted.Redacted<string> | undefined
+  /** Default 8 MiB. */
+  readonly maxBodyBytes?: number | undefined
+  /** Seconds a 503 asks the client to wait. Default 1. */
+  readonly retryAfterSeconds?: number | undefined
+}
+
+const parseObject = (body: Uint8Array) =>
+  Effect.try({
+    try: () => JSON.parse(Buffer.from(body).toString("utf8")) as unknown,
+    catch: () => new GatewayError({ reason: "invalid_body" })
+  }).pipe(
+    Effect.filterOrFail(
+      (value): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value),
+      () => new GatewayError({ reason: "invalid_body" })
+    )
+  )
+
+/**
+ * Forward one request through the manager and relay the answer, all inside `RuntimeManager.run`,
+ * so the slot is held exactly as long as the relay. Interrupting it (the client left, or the
+ * runtime exited and the manager stopped its requests) closes its scope, which aborts the upstream
+ * request. A failure before the answer's head is the answer (502, 503); after it, the answer is
+ * cut off.
+ */
+const forward = (manager: RuntimeManager["Type"], agent: Agent, method: "GET" | "POST", path: string, body?: Buffer) =>
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+    const response = Relay.responseOf(request)
+    return manager.run((endpoint) =>
+      Effect.flatMap(Relay.send(agent, endpoint, method, path, body), (answer) => Relay.relay(answer, response)).pipe(Effect.scoped)
+    ).pipe(
+      Effect.catchAll((error) => (response.headersSent ? Relay.cutOff(response, error) : Effect.fail(error))),
+      Effect.as(Answers.relayed)
+    )
+  })
+
+export const makeApp = (options: GatewayOptions = {}) =>
+  Effect.gen(function*() {
+    const manager = yield* RuntimeManager
+    const agent = yield* Relay.makeAgent
+    const server = yield* HttpServer.HttpServer
+    const limit = options.maxBodyBytes ?? 8 * 1024 * 1024
+    const retryAfter = options.retryAfterSeconds ?? 1
+    const address = server.address
+
+    /** An inference route: the body, checked, goes on as it came. */
+    const inference = (path: string) =>
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+        Effect.flatMap(Relay.readBody(request, limit), (body) =>
+          Effect.zipRight(parseObject(body), forward(manager, agent, "POST", path, body))))
+
+    const routes = yield* HttpRouter.empty.pipe(
+      HttpRouter.get("/health", Effect.map(manager.status, Answers.health)),
+      HttpRouter.get("/v1/models", forward(manager, agent, "GET", "/v1/models")),
+      HttpRouter.post("/v1/chat/completions", inference("/v1/chat/completions")),
+      HttpRouter.post("/v1/completions", inference("/v1/completions")),
+      HttpRouter.toHttpApp,
+      // The door matches exactly: no other case, no trailing or doubled slash reaches a route.
+      HttpRouter.withRouterConfig({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
+    )
+
+    const app: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest> = routes.pipe(
+      guards({
+        expectedHost: address._tag === "TcpAddress" ? `${address.hostname}:${address.port}` : undefined,
+        allowedOrigins: new Set(options.allowedOrigins ?? []),
+        token: Option.fromNullable(options.token)
+      }),
+      Effect.catchTags({
+        RouteNotFound: () => Effect.succeed(Answers.refusal(new GatewayError({ reason: "not_found" }), retryAfter))
+      }),
+      Effect.catchAll((error) => Effect.succeed(Answers.refusal(error, retryAfter))),
+      // The server runs handlers uninterruptibly; a client that leaves while its request waits for a
+      // slot, or for the runtime's first byte, must interrupt it.
+      Effect.interruptible
+    )
+    return app
+  })
+
+/** Serve the gateway on the HttpServer in context (with its own routes beside it, if any). */
+export const layer = (options: GatewayOptions = {}) =>
+  Layer.scopedDiscard(Effect.flatMap(makeApp(options), (app) => HttpServer.serveEffect(app)))
+
+/** The gateway's options from `CompanionConfig` (`gateway.*`; the port is the server's). */
+export const optionsFrom = (config: CompanionConfig): GatewayOptions => ({
+  allowedOrigins: config.gateway.allowedOrigins,
+  token: Option.getOrUndefined(config.gateway.token),
+  maxBodyBytes: config.gateway.maxBodyBytes,
+  retryAfterSeconds: config.gateway.retryAfterSeconds
+})
+
+/** The gateway from `CompanionConfig`. */
+export const layerConfig = Layer.unwrapEffect(Effect.map(CompanionConfig, (config) => layer(optionsFrom(config))))
