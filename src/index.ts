@@ -1,19 +1,23 @@
-// The command's config file
-export * as ConfigFile from "./cli/ConfigFile.js"
+/**
+ * companion-runtime: everything public, by job. Pure decisions (`src/domain`), the configuration
+ * (`src/config`), service tags (`src/services`), their layers (`src/layers`: `*Live` for the real
+ * world, `*Test` in memory), and the gateway (`src/http`).
+ */
 
 // Pure decisions
 export * as Admission from "./domain/Admission.js"
+export * as Circuit from "./domain/Circuit.js"
 export {
   AdmissionError,
   type AdmissionReason,
+  CircuitOpenError,
   type DomainError,
   type DomainReason,
   IntegrityError,
   type IntegrityReason,
   LifecycleError,
   type LifecycleReason,
-  RequestGateError,
-  type RequestGateReason,
+  type Refusal,
   ResourceError,
   type ResourceReason
 } from "./domain/Errors.js"
@@ -22,25 +26,44 @@ export * as Lifecycle from "./domain/Lifecycle.js"
 export * as RequestGate from "./domain/RequestGate.js"
 export * as ResourcePolicy from "./domain/ResourcePolicy.js"
 
+// The configuration: one schema, for the file and for Config
+export * as CompanionConfig from "./config/Config.js"
+
 // Services: interfaces and tags
 export * from "./services/Downloader.js"
 export * from "./services/Errors.js"
 export * from "./services/HealthProbe.js"
+export { type DownloadProgress, type EnsureError, ModelStore, type ModelStoreService, type VerifiedModel } from "./services/ModelStore.js"
 export * from "./services/ResourceStat.js"
-export * from "./services/RuntimeManager.js"
+export {
+  type LifecycleChange,
+  type ManagerStatus,
+  type RunFailure,
+  type RuntimeEndpoint,
+  RuntimeManager,
+  type RuntimeManagerConfig,
+  type RuntimeManagerService,
+  type StartFailure
+} from "./services/RuntimeManager.js"
 export * from "./services/Spawner.js"
+export { type Entry, type EntryKind, type FileIdentity, type StoreFile, StoreFileSystem } from "./services/StoreFileSystem.js"
 
 // Layers: live (the real world) and Test (in memory, each with a control service)
 export * as DownloaderLive from "./layers/DownloaderLive.js"
 export * as DownloaderTest from "./layers/DownloaderTest.js"
-export * as GatewayLive from "./layers/GatewayLive.js"
 export * as HealthProbeLive from "./layers/HealthProbeLive.js"
 export * as HealthProbeTest from "./layers/HealthProbeTest.js"
 export * as LiveLayers from "./layers/LiveLayers.js"
 export * as MemoryFileSystem from "./layers/MemoryFileSystem.js"
+export * as ModelStoreLive from "./layers/ModelStoreLive.js"
+export * as ModelStoreTest from "./layers/ModelStoreTest.js"
 export * as ResourceStatLive from "./layers/ResourceStatLive.js"
 export * as ResourceStatTest from "./layers/ResourceStatTest.js"
 export * as RuntimeManagerLive from "./layers/RuntimeManagerLive.js"
 export * as SpawnerLive from "./layers/SpawnerLive.js"
 export * as SpawnerTest from "./layers/SpawnerTest.js"
+export * as StoreFileSystemLive from "./layers/StoreFileSystemLive.js"
 export * as TestLayers from "./layers/TestLayers.js"
+
+// The gateway
+export * as Gateway from "./http/Gateway.js"

@@ -7,12 +7,13 @@ import { createServer } from "node:http"
 import { Args, Command, Options } from "@effect/cli"
 import { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { NodeContext, NodeHttpClient, NodeHttpServer, NodeRuntime } from "@effect/platform-node"
-import { type ConfigProvider, Console, Effect, Layer, Stream } from "effect"
+import { Console, Effect, Layer, Stream } from "effect"
+import { type CompanionConfig, ConfigFileError, parseFile } from "../config/Config.js"
 import * as Integrity from "../domain/Integrity.js"
-import * as GatewayLive from "../layers/GatewayLive.js"
+import * as Gateway from "../http/Gateway.js"
 import * as LiveLayers from "../layers/LiveLayers.js"
-import { RuntimeManager, RuntimeManagerConfig } from "../services/RuntimeManager.js"
-import * as ConfigFile from "./ConfigFile.js"
+import { ModelStore } from "../services/ModelStore.js"
+import { RuntimeManager } from "../services/RuntimeManager.js"
 
 const DEFAULT_STATUS_URL = "http://127.0.0.1:8089"
 
@@ -28,26 +29,32 @@ const elapsed = (since: number) => `${Math.round(performance.now() - since)} ms`
 
 const configOption = Options.file("config", { exists: "yes" }).pipe(Options.withDescription("a JSON config file"))
 
+/** Read and validate the config file: one schema, every problem named by field, never by value. */
+const load = (path: string) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    Effect.flatMap(
+      Effect.mapError(fs.readFileString(path), () => new ConfigFileError({ reason: "unreadable", problems: [] })),
+      parseFile
+    ))
+
 /** The live stack and the gateway, configured from the file. */
-const serverLayer = (provider: ConfigProvider.ConfigProvider, port: number, options: GatewayLive.GatewayOptions) =>
-  GatewayLive.layer(options).pipe(
-    Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port, host: "127.0.0.1" })),
-    Layer.provideMerge(LiveLayers.layer),
-    Layer.provide(NodeHttpClient.layerUndici),
-    Layer.provide(Layer.setConfigProvider(provider))
+const serverLayer = (config: CompanionConfig) =>
+  Gateway.layer(Gateway.optionsFrom(config)).pipe(
+    Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: config.gateway.port, host: "127.0.0.1" })),
+    Layer.provideMerge(LiveLayers.layerFrom(config))
   )
 
-const serve = Command.make("serve", { config: configOption }, ({ config }) =>
+const serve = Command.make("serve", { config: configOption }, ({ config: file }) =>
   report(
     Effect.gen(function*() {
-      const { provider } = yield* ConfigFile.load(config)
-      const gateway = yield* Effect.withConfigProvider(GatewayLive.GatewayConfig, provider)
+      const config = yield* load(file)
       yield* Effect.gen(function*() {
         const manager = yield* RuntimeManager
+        const store = yield* ModelStore
         const server = yield* HttpServer.HttpServer
         const t0 = performance.now()
-        const settings = (yield* Effect.withConfigProvider(RuntimeManagerConfig, provider)).model
-        yield* manager.ensureModel(settings.spec, settings.source)
+        // Verified here once; the start below finds the same file unchanged and does not read it again.
+        yield* Effect.scoped(store.ensure(config.model.spec, config.model.source))
         yield* Console.log(`model verified in ${elapsed(t0)}`)
         const t1 = performance.now()
         yield* manager.start
@@ -63,7 +70,7 @@ const serve = Command.make("serve", { config: configOption }, ({ config }) =>
               Effect.zipRight(Console.log("stopped"))
             ))
         ),
-        Effect.provide(serverLayer(provider, gateway.port, GatewayLive.optionsFrom(gateway)))
+        Effect.provide(serverLayer(config))
       )
     })
   )).pipe(Command.withDescription("Ensure the model, start the runtime and serve the loopback gateway until SIGINT/SIGTERM."))
@@ -79,17 +86,16 @@ const bar = (received: number, expected: number, startedAt: number) => {
   return `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${mib(received)}/${mib(expected)} MiB ${mib(rate)} MiB/s ETA ${eta}s`
 }
 
-const pull = Command.make("pull", { config: configOption }, ({ config }) =>
+const pull = Command.make("pull", { config: configOption }, ({ config: file }) =>
   report(
     Effect.gen(function*() {
-      const { provider } = yield* ConfigFile.load(config)
-      const settings = (yield* Effect.withConfigProvider(RuntimeManagerConfig, provider)).model
+      const config = yield* load(file)
       const tty = process.stdout.isTTY === true
       const t0 = performance.now()
       let lastLine = 0
       yield* Effect.gen(function*() {
-        const manager = yield* RuntimeManager
-        yield* manager.progress.pipe(
+        const store = yield* ModelStore
+        yield* store.progress.pipe(
           Stream.runForEach(({ expectedBytes, receivedBytes }) =>
             Effect.sync(() => {
               const now = performance.now()
@@ -102,12 +108,12 @@ const pull = Command.make("pull", { config: configOption }, ({ config }) =>
           ),
           Effect.forkScoped
         )
-        yield* manager.ensureModel(settings.spec, settings.source)
+        yield* store.ensure(config.model.spec, config.model.source)
         if (tty) process.stdout.write("\n")
         yield* Console.log(`model verified in ${elapsed(t0)}`)
-      }).pipe(Effect.scoped, Effect.provide(LiveLayers.layer), Effect.withConfigProvider(provider))
+      }).pipe(Effect.scoped, Effect.provide(LiveLayers.storeFrom(config)))
     })
-  )).pipe(Command.withDescription("Download and verify the configured model, and nothing else."))
+  )).pipe(Command.withDescription("Download and verify the configured model, and nothing else (no runtime is needed)."))
 
 const verify = Command.make(
   "verify",

@@ -16,7 +16,8 @@
 import { FileSystem, HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient, NodeStream } from "@effect/platform-node"
 import * as Undici from "@effect/platform-node/Undici"
-import { Clock, Config, ConfigError, Duration, Effect, Either, Layer, Stream } from "effect"
+import { Clock, ConfigError, Duration, Effect, Either, Layer, Stream } from "effect"
+import { CompanionConfig } from "../config/Config.js"
 import { Readable } from "node:stream"
 import { rootCertificates } from "node:tls"
 import { checkSource } from "../domain/Integrity.js"
@@ -204,17 +205,6 @@ export const make = (options: DownloaderOptions) =>
 
 export const layer = (options: DownloaderOptions): Layer.Layer<Downloader> => Layer.scoped(Downloader, make(options))
 
-/**
- * The same keys as `RuntimeManagerConfig` (`allowedSources`, `download.*`), plus
- * `download.connectTimeout`, `download.stallTimeout` and `download.caFiles` (PEM files).
- */
-export const DownloaderConfig = Config.all({
-  allowedSources: Config.array(Config.string(), "allowedSources").pipe(Config.withDefault([])),
-  connectTimeout: Config.duration("connectTimeout").pipe(Config.nested("download"), Config.withDefault(Duration.seconds(10))),
-  stallTimeout: Config.duration("stallTimeout").pipe(Config.nested("download"), Config.withDefault(Duration.seconds(30))),
-  caFiles: Config.array(Config.string(), "caFiles").pipe(Config.nested("download"), Config.withDefault([]))
-})
-
 /** Read PEM files named in config (`download.caFiles`); an unreadable one is a config error. */
 export const readCaFiles = (files: ReadonlyArray<string>) =>
   Effect.flatMap(FileSystem.FileSystem, (fs) =>
@@ -223,11 +213,21 @@ export const readCaFiles = (files: ReadonlyArray<string>) =>
         Effect.mapError(() => ConfigError.InvalidData(["download", "caFiles"], "a readable PEM file"))
       )))
 
-/** Reads `DownloaderConfig`; CA files are read once, when the layer is built. */
-export const layerConfig: Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> = Layer.scoped(
-  Downloader,
-  Effect.gen(function*() {
-    const config = yield* DownloaderConfig
-    return yield* make({ ...config, extraCaCertificates: yield* readCaFiles(config.caFiles) })
-  })
+/** The downloader for a `CompanionConfig`: `allowedSources` and `download.connectTimeout`, `.stallTimeout`, `.caFiles` (read once, when the layer is built). */
+export const layerFrom = (config: CompanionConfig): Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> =>
+  Layer.scoped(
+    Downloader,
+    Effect.gen(function*() {
+      return yield* make({
+        allowedSources: config.allowedSources,
+        connectTimeout: config.download.connectTimeout,
+        stallTimeout: config.download.stallTimeout,
+        extraCaCertificates: yield* readCaFiles(config.download.caFiles)
+      })
+    })
+  )
+
+/** The downloader from `CompanionConfig`. */
+export const layerConfig: Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> = Layer.unwrapEffect(
+  Effect.map(CompanionConfig, layerFrom)
 )

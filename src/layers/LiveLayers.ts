@@ -1,44 +1,45 @@
 /**
- * The RuntimeManager over the real world, in one layer: DownloaderLive (HTTPS), SpawnerLive (the
- * runtime process), HealthProbeLive and ResourceStatLive, on Node's file system, command executor
- * and undici. Everything is read through `Config`: `RuntimeManagerConfig`, `DownloaderConfig`
- * and `SpawnerConfig` (see docs/api.md for the keys).
+ * The live stack, in two sizes, both read through `CompanionConfig` (or given one):
+ *
+ * - `store`: the ModelStore alone (HTTPS downloader, the real file system): what `pull` needs, on a
+ *   machine without `setpriv` or `nvidia-smi`;
+ * - `layer`: the RuntimeManager and the ModelStore with every service under them: the spawner
+ *   (`setpriv` required), health probe and resource stat.
+ *
+ * `TestLayers` provides the same services in memory.
  */
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
-import { Effect, Layer, Option } from "effect"
-import { RuntimeManagerConfig } from "../services/RuntimeManager.js"
+import { Effect, Layer } from "effect"
+import { type CompanionConfig, CompanionConfig as CompanionConfigReader } from "../config/Config.js"
 import * as DownloaderLive from "./DownloaderLive.js"
 import * as HealthProbeLive from "./HealthProbeLive.js"
+import * as ModelStoreLive from "./ModelStoreLive.js"
 import * as ResourceStatLive from "./ResourceStatLive.js"
 import * as RuntimeManagerLive from "./RuntimeManagerLive.js"
 import * as SpawnerLive from "./SpawnerLive.js"
+import * as StoreFileSystemLive from "./StoreFileSystemLive.js"
 
-const services = Layer.unwrapEffect(
-  Effect.gen(function*() {
-    const manager = yield* RuntimeManagerConfig
-    const runtime = yield* SpawnerLive.SpawnerConfig
-    return RuntimeManagerLive.layer(manager).pipe(
-      Layer.provide(
-        Layer.mergeAll(
-          // Same `allowedSources` key as the manager's, so every redirect hop meets the same allowlist.
-          DownloaderLive.layerConfig,
-          SpawnerLive.layer({
-            kind: runtime.kind,
-            binary: runtime.binary,
-            parallel: manager.admission.maxInFlight,
-            contextSize: Option.getOrUndefined(runtime.contextSize),
-            threads: Option.getOrUndefined(runtime.threads),
-            envAllowlist: runtime.envAllowlist,
-            addressTimeout: runtime.addressTimeout,
-            stopGrace: manager.stopGrace
-          }),
-          HealthProbeLive.layer(runtime.kind, manager.health.probeTimeout),
-          ResourceStatLive.layer
-        )
-      )
-    )
-  })
-)
+/** ModelStore, Downloader, StoreFileSystem. */
+export const storeFrom = (config: CompanionConfig) =>
+  ModelStoreLive.layer(ModelStoreLive.optionsFrom(config)).pipe(
+    Layer.provideMerge(Layer.mergeAll(DownloaderLive.layerFrom(config), StoreFileSystemLive.layer)),
+    Layer.provide(NodeContext.layer)
+  )
 
-/** The whole live stack from `Config`; fails to build on invalid config or a missing `setpriv`. */
-export const layer = services.pipe(Layer.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici)))
+/** RuntimeManager and ModelStore, with Downloader, StoreFileSystem, Spawner, HealthProbe and ResourceStat. */
+export const layerFrom = (config: CompanionConfig) =>
+  RuntimeManagerLive.layer(config).pipe(
+    Layer.provideMerge(storeFrom(config)),
+    Layer.provideMerge(Layer.mergeAll(
+      SpawnerLive.layer(SpawnerLive.optionsFrom(config)),
+      HealthProbeLive.layer(config.runtime.kind, config.health.probeTimeout),
+      ResourceStatLive.layer
+    )),
+    Layer.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici))
+  )
+
+/** `storeFrom`, configured from `Config`. */
+export const store = Layer.unwrapEffect(Effect.map(CompanionConfigReader, storeFrom))
+
+/** `layerFrom`, configured from `Config`; fails to build on invalid config or a missing `setpriv`. */
+export const layer = Layer.unwrapEffect(Effect.map(CompanionConfigReader, layerFrom))

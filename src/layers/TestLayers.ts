@@ -1,20 +1,22 @@
 /**
- * Everything the RuntimeManager needs, in memory: a file system, POSIX paths, and scriptable
- * downloader, spawner, health probe and resource stat, each with its control service.
+ * The same services as `LiveLayers`, in memory and configured from `CompanionConfig`: the real
+ * RuntimeManager and ModelStore over a file system in memory, a scriptable downloader, fake
+ * processes, scripted health answers and resource observations. Every fake comes with its control
+ * service; time is the Clock's, so `TestClock` drives it.
  */
-import { Path } from "@effect/platform"
 import { Layer } from "effect"
-import * as DownloaderTest from "./DownloaderTest.js"
 import * as HealthProbeTest from "./HealthProbeTest.js"
-import * as MemoryFileSystem from "./MemoryFileSystem.js"
+import * as ModelStoreTest from "./ModelStoreTest.js"
 import * as ResourceStatTest from "./ResourceStatTest.js"
+import * as RuntimeManagerLive from "./RuntimeManagerLive.js"
 import * as SpawnerTest from "./SpawnerTest.js"
 
-export const layer = Layer.mergeAll(
-  MemoryFileSystem.layer,
-  Path.layer,
-  DownloaderTest.layer,
-  SpawnerTest.layer,
-  HealthProbeTest.layer,
-  ResourceStatTest.layer
+/** ModelStore, Downloader, StoreFileSystem (and FileSystem, Path), with their controls. */
+export const store = ModelStoreTest.layer
+
+/** RuntimeManager and ModelStore over every service in memory, with their controls. */
+export const layer = RuntimeManagerLive.layerConfig.pipe(
+  Layer.provideMerge(store),
+  Layer.provideMerge(Layer.mergeAll(SpawnerTest.layer, HealthProbeTest.layer, ResourceStatTest.layer))
 )
+

@@ -1,15 +1,10 @@
 /** The example in docs/api.md, verbatim but for the imports: if it stops compiling or passing, the doc is wrong. */
 import { createHash } from "node:crypto"
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
 import { assert, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Fiber, Layer, Redacted, TestClock } from "effect"
-import {
-  DownloaderTest,
-  HealthProbeTest,
-  RuntimeManager,
-  RuntimeManagerLive,
-  SpawnerTest,
-  TestLayers
-} from "../../src/index.js"
+import { DownloaderTest, HealthProbeTest, RuntimeManager, SpawnerTest, TestLayers } from "../../src/index.js"
 
 // A tiny "model" and the spec a registry would publish for it.
 const model = new TextEncoder().encode("not really a GGUF, but verified all the same")
@@ -23,11 +18,8 @@ const config = ConfigProvider.fromJson({
   admission: { maxInFlight: 2, queueBound: 8 }
 })
 
-// The real manager over the in-memory layers; every Test layer's control service stays available.
-const TestManager = RuntimeManagerLive.RuntimeManagerLive.pipe(
-  Layer.provideMerge(TestLayers.layer),
-  Layer.provide(Layer.setConfigProvider(config))
-)
+// The real manager and model store over the in-memory layers; every control service stays available.
+const TestManager = TestLayers.layer.pipe(Layer.provide(Layer.setConfigProvider(config)))
 
 it.effect("docs/api.md: embedding the manager with the Test layers", () =>
   Effect.gen(function*() {
@@ -51,3 +43,11 @@ it.effect("docs/api.md: embedding the manager with the Test layers", () =>
     yield* manager.drain("5 seconds")
     assert.isFalse(yield* process.alive)
   }).pipe(Effect.provide(TestManager)))
+
+it("docs/api.md shows this example, verbatim", () => {
+  const doc = readFileSync(join(import.meta.dirname, "../../docs/api.md"), "utf8")
+  const block = /## Embedding and testing with the Test layers\n[\s\S]*?```ts\n([\s\S]*?)```/.exec(doc)?.[1]
+  const self = readFileSync(import.meta.filename, "utf8")
+  const body = self.slice(self.indexOf("// A tiny"), self.indexOf("\nit(\"docs/api.md shows"))
+  assert.strictEqual(block?.trim(), body.trim())
+})

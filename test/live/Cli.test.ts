@@ -3,7 +3,7 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import { createHash } from "node:crypto"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { createInterface } from "node:readline"
@@ -81,6 +81,30 @@ describe("live: the companion-runtime command", () => {
     const wrongSize = await run("verify", file, "--sha256", SHA, "--size", String(MODEL.length - 1))
     assert.strictEqual(wrongSize.code, 1)
     assert.notInclude(wrongSize.stderr, SHA)
+  }, 60_000)
+
+  it("pull: downloads and verifies with the store alone, starts no runtime, and a second pull downloads nothing", async () => {
+    const caFile = join(work, "ca-pull.pem")
+    writeFileSync(caFile, pki.caPem)
+    const store = join(work, "pulled")
+    const config = writeConfig("pull.json", {
+      storeDir: store,
+      model: { sha256: SHA, sizeBytes: MODEL.length, source: `${origin.baseUrl}/models/tiny.gguf` },
+      allowedSources: [`${origin.baseUrl}/models/`],
+      download: { caFiles: [caFile] },
+      // A runtime that does not exist: pull never needs one.
+      runtime: { binary: "/nonexistent/llama-server" }
+    })
+    const before = origin.hits.get("/models/tiny.gguf") ?? 0
+    const first = await run("pull", "--config", config)
+    assert.strictEqual(first.code, 0, first.stderr)
+    assert.match(first.stdout, /model verified in \d+ ms/)
+    assert.strictEqual(createHash("sha256").update(readFileSync(join(store, SHA))).digest("hex"), SHA)
+    assert.strictEqual(statSync(join(store, SHA)).mode & 0o777, 0o600)
+    const second = await run("pull", "--config", config)
+    assert.strictEqual(second.code, 0, second.stderr)
+    assert.strictEqual((origin.hits.get("/models/tiny.gguf") ?? 0) - before, 1)
+    assert.notInclude(first.stdout + first.stderr + second.stdout + second.stderr, SHA)
   }, 60_000)
 
   it("serve + status; SIGTERM with a request in flight lets it complete, then exits 0", async () => {
