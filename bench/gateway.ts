@@ -219,6 +219,24 @@ for (const child of [server, baseline?.child]) {
 }
 if (baseline !== undefined) {
   if (process.env.BENCH_BASELINE_OUT !== undefined) writeFileSync(process.env.BENCH_BASELINE_OUT, JSON.stringify({ rows, baselineRows }, null, 2))
+  const label = process.env.BENCH_BASELINE_LABEL ?? "the baseline checkout"
+  writeSection("gateway-baseline", `
+## bench:gateway, before and after — ${today()}
+
+Machine: ${machine()}. \`BENCH_BASELINE=<checkout> npm run bench:gateway\`: this tree's gateway and
+${label}'s, each in its own process in front of its own llama-server (same binary, model and
+flags), measured in the same rotation with their direct runtimes: ${ROUNDS} rounds × ${PER_BATCH}
+completions per target and concurrency. Ratios are per round, then the median; CPU / request is
+each server process's CPU during its gateway batches less its CPU during its direct batches
+(/proc tick resolution: about 33 µs per request at ${PER_BATCH} requests). Five targets share 2 cores
+here, so the absolute ratios are lower than in the section above; compare the columns.
+
+| concurrency | gateway ÷ direct, after | before | CPU / request after | before |
+|---|---|---|---|---|
+${baselineRows.map((r) =>
+  `| ${r.concurrency} | ${r.ratio.after.toFixed(3)} | ${r.ratio.before.toFixed(3)} | ${r.cpuPerRequestUs.after.toFixed(0)} µs | ${r.cpuPerRequestUs.before.toFixed(0)} µs |`
+).join("\n")}
+`)
   process.exit(0)
 }
 

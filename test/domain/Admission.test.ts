@@ -36,8 +36,8 @@ describe("Admission.makeAdmissionState", () => {
   })
 
   it("the limits schema names what each field expects (the config's messages)", () => {
-    assert.deepStrictEqual(SchemaAST.getIdentifierAnnotation(Admission.AdmissionLimits.fields.maxInFlight.ast), Option.some("a positive integer"))
-    assert.deepStrictEqual(SchemaAST.getIdentifierAnnotation(Admission.AdmissionLimits.fields.queueBound.ast), Option.some("a non-negative integer"))
+    assert.strictEqual(Option.getOrUndefined(SchemaAST.getIdentifierAnnotation(Admission.AdmissionLimits.fields.maxInFlight.ast)), "a positive integer")
+    assert.strictEqual(Option.getOrUndefined(SchemaAST.getIdentifierAnnotation(Admission.AdmissionLimits.fields.queueBound.ast)), "a non-negative integer")
   })
 
   it("a queue bound of 0 refuses at once when every slot is taken", () => {

@@ -39,9 +39,9 @@ describe("ResourcePolicy.checkLimits", () => {
 describe("ResourcePolicy.ResourceLimits", () => {
   it("names what each field expects (the config's messages)", () => {
     const { maxCpuPercent, maxRamBytes, maxVramBytes } = ResourcePolicy.ResourceLimits.fields
-    assert.deepStrictEqual(SchemaAST.getIdentifierAnnotation(maxRamBytes.ast), Option.some("a positive number"))
-    assert.deepStrictEqual(SchemaAST.getIdentifierAnnotation(maxVramBytes.from.ast), Option.some("a positive number"))
-    assert.deepStrictEqual(SchemaAST.getIdentifierAnnotation(maxCpuPercent.ast), Option.some("a percentage in (0, 100]"))
+    assert.strictEqual(Option.getOrUndefined(SchemaAST.getIdentifierAnnotation(maxRamBytes.ast)), "a positive number")
+    assert.strictEqual(Option.getOrUndefined(SchemaAST.getIdentifierAnnotation(maxVramBytes.from.ast)), "a positive number")
+    assert.strictEqual(Option.getOrUndefined(SchemaAST.getIdentifierAnnotation(maxCpuPercent.ast)), "a percentage in (0, 100]")
   })
 })
 
