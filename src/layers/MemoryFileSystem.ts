@@ -24,7 +24,7 @@ interface Inode {
 
 type Node =
   | { readonly _tag: "file"; readonly inode: Inode }
-  | { readonly _tag: "directory" }
+  | { readonly _tag: "directory"; mode: number }
   | { readonly _tag: "link"; readonly target: string }
   | { readonly _tag: "other" }
 
@@ -58,7 +58,7 @@ const unsupported = (method: string) => () => Effect.die(new Error(`MemoryFileSy
 const MAX_LINKS = 40
 
 const make = () => {
-  const nodes = new Map<string, Node>([["/", { _tag: "directory" }]])
+  const nodes = new Map<string, Node>([["/", { _tag: "directory", mode: 0o755 }]])
   const descriptors = new Map<number, Inode>()
   const broken = new Set<FaultPoint>()
   let syncs = 0
@@ -129,9 +129,16 @@ const make = () => {
 
   const parentIsDirectory = (path: string) => nodes.get(posix.dirname(path))?._tag === "directory"
 
+  /** Drop one name; a file losing a name changes (its link count, so its ctime moves, as on disk). */
+  const unname = (path: string) => {
+    const node = nodes.get(path)
+    nodes.delete(path)
+    if (node?._tag === "file") touch(node.inode, false)
+  }
+
   /** Remove `path` itself (and, for a directory, everything below it). */
   const removeTree = (path: string) => {
-    for (const key of [...nodes.keys()]) if (key === path || key.startsWith(`${path}/`)) nodes.delete(key)
+    for (const key of [...nodes.keys()]) if (key === path || key.startsWith(`${path}/`)) unname(key)
   }
 
   const openDescriptor = (inode: Inode) => {
@@ -245,6 +252,10 @@ const make = () => {
       Effect.suspend(() => {
         const path = resolve(p, true)
         const node = path === undefined ? undefined : nodes.get(path)
+        if (node?._tag === "directory") {
+          node.mode = mode
+          return Effect.void
+        }
         if (node?._tag !== "file") return Effect.fail(systemError("NotFound", "chmod", p))
         node.inode.mode = mode
         touch(node.inode, false)
@@ -261,7 +272,7 @@ const make = () => {
         if (!options?.recursive && !parentIsDirectory(path)) return Effect.fail(systemError("NotFound", "makeDirectory", p))
         const missing: Array<string> = []
         for (let d = path; !nodes.has(d); d = posix.dirname(d)) missing.push(d)
-        for (const d of missing.reverse()) nodes.set(d, { _tag: "directory" })
+        for (const d of missing.reverse()) nodes.set(d, { _tag: "directory", mode: options?.mode ?? 0o755 })
         return Effect.void
       }),
     open: (p, options) => openFile(p, options?.flag ?? "r", options?.mode ?? 0o666),
@@ -304,8 +315,11 @@ const make = () => {
         if (source === undefined || node === undefined) return yield* systemError("NotFound", "rename", from)
         if (target === undefined || !parentIsDirectory(target)) return yield* systemError("NotFound", "rename", to)
         if (nodes.get(target)?._tag === "directory") return yield* systemError("AlreadyExists", "rename", to)
-        removeTree(source)
-        nodes.set(target, node)
+        if (nodes.has(target)) unname(target)
+        // A directory moves with everything below it.
+        const moving = [...nodes].filter(([key]) => key === source || key.startsWith(`${source}/`))
+        for (const [key] of moving) nodes.delete(key)
+        for (const [key, moved] of moving) nodes.set(`${target}${key.slice(source.length)}`, moved)
         if (node._tag === "file") touch(node.inode, false)
       }),
     stat: (p) =>
@@ -390,12 +404,17 @@ const make = () => {
     return { path, node: nodes.get(path) }
   }
 
+  /** How many names the inode has (hard links). */
+  const names = (inode: Inode) => [...nodes.values()].filter((n) => n._tag === "file" && n.inode === inode).length
+
   const openExisting = (p: string, writable: boolean) =>
     Effect.gen(function*() {
       yield* storeGuard("open")
       const { node } = lastComponent(p)
       if (node === undefined) return yield* storeError("file_missing")
       if (node._tag !== "file") return yield* storeError("not_a_file")
+      // Appending to a hard link would write into a file elsewhere.
+      if (writable && names(node.inode) !== 1) return yield* storeError("not_a_file")
       return yield* storeFile(node.inode, writable)
     })
 
@@ -407,10 +426,11 @@ const make = () => {
         if (node === undefined) return Option.none()
         const kind: Entry["kind"] = node._tag
         const id = node._tag === "file" ? identity(node.inode) : { device: "memory", inode: `${node._tag}:${p}`, size: 0, mtime: "0", ctime: "0" }
-        return Option.some({ kind, identity: id })
+        const mode = node._tag === "file" ? node.inode.mode : node._tag === "directory" ? node.mode : 0o777
+        return Option.some<Entry>({ kind, identity: id, private: (mode & 0o022) === 0 })
       }),
     makeDirectory: (p) =>
-      Effect.mapError(fileSystem.makeDirectory(p, { recursive: true }), (e) =>
+      Effect.mapError(fileSystem.makeDirectory(p, { recursive: true, mode: 0o700 }), (e) =>
         storeError(e._tag === "SystemError" && e.reason === "AlreadyExists" ? "not_a_file" : "file_io_failed")),
     openRead: (p) => openExisting(p, false),
     openAppend: (p) => openExisting(p, true),
@@ -427,8 +447,11 @@ const make = () => {
     remove: (p) =>
       Effect.gen(function*() {
         yield* storeGuard("remove")
-        const { path } = lastComponent(p)
-        if (path !== undefined) removeTree(path)
+        const { node, path } = lastComponent(p)
+        if (path === undefined || node === undefined) return
+        // Never walks into a directory: one with anything in it stays.
+        if (node._tag === "directory" && [...nodes.keys()].some((k) => k.startsWith(`${path}/`))) return yield* storeError("not_a_file")
+        unname(path)
       }),
     rename: (from, to) =>
       Effect.mapError(fileSystem.rename(from, to), (e) => storeError(e._tag === "SystemError" && e.reason === "NotFound" ? "file_missing" : "file_io_failed")),

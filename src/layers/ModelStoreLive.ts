@@ -19,7 +19,6 @@
 import { Path } from "@effect/platform"
 import {
   Chunk,
-  Config,
   Duration,
   Effect,
   Either,
@@ -33,7 +32,7 @@ import {
   Stream,
   SubscriptionRef
 } from "effect"
-import { CompanionConfig } from "../config/Config.js"
+import { type CompanionConfig, readConfig } from "../config/Config.js"
 import type { IntegrityError } from "../domain/Errors.js"
 import * as Integrity from "../domain/Integrity.js"
 import { Downloader } from "../services/Downloader.js"
@@ -62,6 +61,12 @@ export interface ModelStoreOptions {
 const READ_BYTES = 1024 * 1024
 
 const storeFailure = (reason: ModelStoreError["reason"]) => new ModelStoreError({ reason })
+
+/** What a writer holds while it downloads: the lock, and the identity of the partial directory it prepared. */
+interface Held {
+  readonly lock: StoreLock.HeldLock
+  readonly partialDirectory: FileIdentity
+}
 
 /** What the store holds for a spec: the model, nothing, or a copy that failed (and was removed). */
 type Stored =
@@ -105,14 +110,29 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
         onSome: ({ kind }) => (kind === "file" ? Effect.succeed(true) : clear ? Effect.as(files.remove(p), false) : Effect.succeed(false))
       })).pipe(Effect.mapError(io))
 
+  /**
+   * The store and its partial directory exist, are directories, and are private (owned by this
+   * user, writable by no one else): a store others can write is no place to verify a model in.
+   * The store itself may be a link the user made; the partial directory may not. Returns the
+   * partial directory's identity, checked again before anything leaves it.
+   */
   const prepareDirectories = Effect.gen(function*() {
     yield* files.makeDirectory(options.storeDir)
+    const store = yield* files.entry(options.storeDir)
+    if (Option.exists(store, (e) => e.kind === "directory" && !e.private)) return yield* storeFailure("store_not_private")
     const entry = yield* files.entry(partialDir)
     if (Option.isSome(entry) && entry.value.kind !== "directory") yield* files.remove(partialDir)
     yield* files.makeDirectory(partialDir)
     const made = yield* files.entry(partialDir)
-    if (!Option.exists(made, (e) => e.kind === "directory")) return yield* storeFailure("entry_replaced")
+    if (Option.isNone(made) || made.value.kind !== "directory") return yield* storeFailure("entry_replaced")
+    if (!made.value.private) return yield* storeFailure("store_not_private")
+    return made.value.identity
   }).pipe(Effect.catchTag("StoreFileError", (e) => Effect.fail(io(e))))
+
+  /** The partial directory is still the one prepared: not swapped for a link or another directory. */
+  const samePartialDirectory = (prepared: FileIdentity) =>
+    Effect.flatMap(Effect.mapError(files.entry(partialDir), io), (now) =>
+      Option.exists(now, (e) => e.kind === "directory" && sameFile(e.identity, prepared)) ? Effect.void : Effect.fail(storeFailure("entry_replaced")))
 
   const holdLock = (spec: Integrity.ModelSpec) =>
     StoreLock.hold(files, path.join(partialDir, `${spec.sha256}.lock`), { ...holder, poll: Duration.millis(250), wait: options.lockWait })
@@ -165,7 +185,8 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
         Effect.catchTag("IntegrityError", (error) => Effect.succeed<Stored>({ _tag: "refused", error })),
         Effect.tap((result) =>
           result._tag === "verified"
-            ? Effect.void
+            // Registered after the descriptor's close, so it runs first: a model is never "verified" with a closed descriptor.
+            ? Scope.addFinalizer(local, Effect.sync(() => VerifiedModels.revoke(result.model)))
             : Effect.zipRight(
               Scope.close(local, Exit.void),
               result._tag === "refused"
@@ -240,6 +261,8 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
         }
         yield* verifier.finalize()
         const written = yield* Effect.mapError(file.identity, io)
+        // Bytes the verifier did not see (another writer's) make the file longer than what was hashed.
+        if (written.size !== spec.sizeBytes) return yield* storeFailure("entry_replaced")
         // What is at the partial path must still be the file written, or nothing is promoted.
         const now = yield* Effect.mapError(files.entry(partial), io)
         if (!Option.exists(now, (e) => e.kind === "file" && sameFile(e.identity, written))) {
@@ -267,7 +290,7 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
   )
 
   /** Download, verify, and promote the partial file to its final name; open it for `scope`. */
-  const download = (spec: Integrity.ModelSpec, url: URL, scope: Scope.Scope) =>
+  const download = (spec: Integrity.ModelSpec, url: URL, scope: Scope.Scope, held: Held) =>
     Effect.gen(function*() {
       const partial = partialPath(spec)
       const target = finalPath(spec)
@@ -276,6 +299,9 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
         Effect.tapError(() => Effect.ignore(files.remove(partial)))
       )
       yield* Effect.gen(function*() {
+        // Still the one writer, in the directory prepared: or nothing is promoted.
+        if (!(yield* held.lock.stillHeld)) return yield* storeFailure("store_locked")
+        yield* samePartialDirectory(held.partialDirectory)
         // A link or directory that appeared at the final path is removed, not renamed over or into.
         yield* regularFileAt(target)
         yield* Effect.mapError(files.syncDirectory(partialDir), io)
@@ -286,10 +312,15 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
       return yield* Effect.gen(function*() {
         const file = yield* Scope.extend(Effect.mapError(files.openRead(target), io), local)
         const identity = yield* Effect.mapError(file.identity, io)
-        // Another file renamed onto the final path meanwhile: it was not verified and is not served.
-        if (!sameFile(identity, written)) return yield* storeFailure("entry_replaced")
+        // Another file renamed onto the final path, or written since: it is not what was verified.
+        // (The rename moved the change time; the size and modification time must not have moved.)
+        if (!sameFile(identity, written) || identity.size !== written.size || identity.mtime !== written.mtime) {
+          return yield* storeFailure("entry_replaced")
+        }
         verified.set(spec.sha256, identity)
-        return VerifiedModels.mint(spec, identity, file)
+        const model = VerifiedModels.mint(spec, identity, file)
+        yield* Scope.addFinalizer(local, Effect.sync(() => VerifiedModels.revoke(model)))
+        return model
       }).pipe(Effect.onError(() => Scope.close(local, Exit.void)))
     })
 
@@ -301,22 +332,25 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
    * The stored copy, verified. The quick look (the very file verified before, unchanged) needs no
    * lock; reading it back takes the lock, so no other writer replaces it meanwhile.
    */
-  const storedOrElse = <E>(spec: Integrity.ModelSpec, orElse: (stored: Stored, scope: Scope.Scope) => Effect.Effect<VerifiedModel, E>) =>
+  const storedOrElse = <E>(
+    spec: Integrity.ModelSpec,
+    orElse: (stored: Stored, scope: Scope.Scope, held: Held) => Effect.Effect<VerifiedModel, E>
+  ) =>
     Effect.gen(function*() {
       const scope = yield* Effect.scope
       const quick = yield* openStored(spec, scope, false)
       if (quick._tag === "verified") return quick.model
       return yield* writer.withPermits(1)(Effect.scoped(Effect.gen(function*() {
-        yield* prepareDirectories
-        yield* holdLock(spec)
+        const partialDirectory = yield* prepareDirectories
+        const lock = yield* holdLock(spec)
         const stored = yield* openStored(spec, scope, true)
-        return stored._tag === "verified" ? stored.model : yield* orElse(stored, scope)
+        return stored._tag === "verified" ? stored.model : yield* orElse(stored, scope, { lock, partialDirectory })
       })))
     })
 
   const ensure = (spec: Integrity.ModelSpec, source: URL) =>
     Effect.flatMap(Integrity.checkSource(source, options.allowedSources), (url) =>
-      storedOrElse(spec, (_, scope) => download(spec, url, scope))).pipe(Effect.withSpan("ModelStore.ensure"))
+      storedOrElse(spec, (_, scope, held) => download(spec, url, scope, held))).pipe(Effect.withSpan("ModelStore.ensure"))
 
   const verify = (spec: Integrity.ModelSpec) =>
     storedOrElse(spec, (stored) => Effect.fail(stored._tag === "refused" ? stored.error : storeFailure("not_stored"))).pipe(
@@ -339,10 +373,10 @@ export const layer = (options: ModelStoreOptions) => Layer.scoped(ModelStore, ma
 /** The store from `CompanionConfig` (`storeDir`, `allowedSources`, `download.*`). */
 export const layerConfig = Layer.scoped(
   ModelStore,
-  Effect.flatMap(CompanionConfig, (config) => make(optionsFrom(config)))
+  Effect.flatMap(readConfig, (config) => make(optionsFrom(config)))
 )
 
-export const optionsFrom = (config: Config.Config.Success<typeof CompanionConfig>): ModelStoreOptions => ({
+export const optionsFrom = (config: CompanionConfig): ModelStoreOptions => ({
   storeDir: config.storeDir,
   allowedSources: config.allowedSources,
   retries: config.download.retries,

@@ -1,8 +1,9 @@
 /**
  * StoreFileSystem on the real file system, through `node:fs` descriptors. Opens carry `O_NOFOLLOW`
  * (a link at the path fails with ELOOP) and `O_NONBLOCK` (a FIFO planted at the path fails instead
- * of blocking), and the descriptor's own `fstat` must say "regular file" before it is used. Errors
- * keep only their class: no path or OS message crosses into a `StoreFileError`.
+ * of blocking), and the descriptor's own `fstat` must say "regular file" (with one name, to write)
+ * before it is used. Errors keep only their class: no path or OS message crosses into a
+ * `StoreFileError`.
  */
 import * as NodeFs from "node:fs"
 import { Effect, Layer, Option } from "effect"
@@ -17,8 +18,10 @@ const failure = (error: NodeJS.ErrnoException | null): StoreFileError =>
       ? "file_missing"
       : error?.code === "EEXIST"
       ? "file_exists"
-      // ELOOP: a link under O_NOFOLLOW; ENXIO: a FIFO without a writer; EISDIR, ENOTDIR: a directory where a file belongs.
-      : error?.code === "ELOOP" || error?.code === "ENXIO" || error?.code === "EISDIR" || error?.code === "ENOTDIR"
+      // ELOOP: a link under O_NOFOLLOW; ENXIO: a FIFO without a writer; EISDIR, ENOTDIR, ENOTEMPTY: a
+      // directory (with something in it) where a file belongs.
+      : error?.code === "ELOOP" || error?.code === "ENXIO" || error?.code === "EISDIR" || error?.code === "ENOTDIR" ||
+          error?.code === "ENOTEMPTY"
       ? "not_a_file"
       : "file_io_failed"
   })
@@ -69,26 +72,41 @@ const handle = (fd: number): StoreFile => ({
   sync: call<void>((done) => NodeFs.fsync(fd, done))
 })
 
-/** Open with `flags`; the descriptor closes with the scope, and must be a regular file. */
-const open = (path: string, flags: number) =>
+/**
+ * Open with `flags`; the descriptor closes with the scope, and must be a regular file, and (when
+ * `sole`) one with no other name: appending to a hard link would write into a file elsewhere.
+ */
+const open = (path: string, flags: number, sole: boolean) =>
   Effect.acquireRelease(call<number>((done) => NodeFs.open(path, flags | O_NOFOLLOW | O_NONBLOCK, 0o600, done)), close).pipe(
     Effect.tap((fd) =>
-      Effect.flatMap(fstat(fd), (stats) => (stats.isFile() ? Effect.void : Effect.fail(new StoreFileError({ reason: "not_a_file" }))))
+      Effect.flatMap(fstat(fd), (stats) =>
+        stats.isFile() && (!sole || stats.nlink === 1n) ? Effect.void : Effect.fail(new StoreFileError({ reason: "not_a_file" })))
     ),
     Effect.map(handle)
   )
 
+const uid = process.getuid?.()
+
+/** Owned by this user and writable by no one else. */
+const isPrivate = (stats: NodeFs.BigIntStats) => (uid === undefined || stats.uid === BigInt(uid)) && (stats.mode & 0o022n) === 0n
+
 export const make = StoreFileSystem.of({
   entry: (path) =>
     call<NodeFs.BigIntStats>((done) => NodeFs.lstat(path, { bigint: true }, done)).pipe(
-      Effect.map((stats) => Option.some({ kind: kindOf(stats), identity: identityOf(stats) })),
+      Effect.map((stats) => Option.some({ kind: kindOf(stats), identity: identityOf(stats), private: isPrivate(stats) })),
       Effect.catchIf((e) => e.reason === "file_missing", () => Effect.succeedNone)
     ),
   makeDirectory: (path) => Effect.asVoid(call<string | undefined>((done) => NodeFs.mkdir(path, { recursive: true, mode: 0o700 }, done))),
-  openRead: (path) => open(path, O_RDONLY),
-  create: (path) => open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL),
-  openAppend: (path) => open(path, O_RDWR | O_APPEND),
-  remove: (path) => call<void>((done) => NodeFs.rm(path, { recursive: true, force: true }, done)),
+  openRead: (path) => open(path, O_RDONLY, false),
+  create: (path) => open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL, true),
+  openAppend: (path) => open(path, O_RDWR | O_APPEND, true),
+  // Never recursive: a directory swapped for a link while a tree was walked would have its target's
+  // files removed. unlink removes a link itself and refuses a directory; rmdir refuses anything else.
+  remove: (path) =>
+    call<void>((done) => NodeFs.unlink(path, done)).pipe(
+      Effect.catchIf((e) => e.reason === "not_a_file", () => call<void>((done) => NodeFs.rmdir(path, done))),
+      Effect.catchIf((e) => e.reason === "file_missing", () => Effect.void)
+    ),
   rename: (from, to) => call<void>((done) => NodeFs.rename(from, to, done)),
   link: (existing, name) => call<void>((done) => NodeFs.link(existing, name, done)),
   syncDirectory: (path) =>

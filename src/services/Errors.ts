@@ -63,6 +63,7 @@ const modelStoreMessages = {
   store_locked: "Another process is writing this model.",
   not_stored: "The model is not in the store.",
   entry_replaced: "A file in the model store was replaced while it was being written.",
+  store_not_private: "The model store directory can be written by other users.",
   model_changed: "The stored model changed after it was verified."
 } as const
 

@@ -3,9 +3,11 @@
  * `FileSystem` has no `lstat`, no `O_NOFOLLOW`, no change time and no descriptor that a child
  * process can be handed; a store written by this user and read by a native parser needs all four.
  *
- * Every open refuses a link and anything but a regular file (`not_a_file`); `entry` reports what is
- * at a path itself; `remove` removes a link, never its target. Files are created mode 0600 and
- * directories 0700.
+ * Every open refuses a link and anything but a regular file (`not_a_file`), and an open to write
+ * refuses a file with other names (a hard link): writing through it would change a file elsewhere.
+ * `entry` reports what is at a path itself; `remove` removes a link, never its target, and never
+ * walks into a directory (a directory that is not empty stays, `not_a_file`). Files are created
+ * mode 0600 and directories 0700.
  */
 import { Context, type Effect, type Option, type Scope } from "effect"
 import type { StoreFileError } from "./Errors.js"
@@ -33,6 +35,8 @@ export const sameVersion = (a: FileIdentity, b: FileIdentity): boolean =>
 export interface Entry {
   readonly kind: EntryKind
   readonly identity: FileIdentity
+  /** Owned by this user, and writable by no one else (no group or other write bit). */
+  readonly private: boolean
 }
 
 /** An open regular file; the descriptor closes with the scope it was opened in. */
@@ -59,9 +63,12 @@ export class StoreFileSystem extends Context.Tag("companion-runtime/StoreFileSys
     readonly openRead: (path: string) => Effect.Effect<StoreFile, StoreFileError, Scope.Scope>
     /** Create a regular file, mode 0600, to read and append; `already_exists` if anything is at `path`. */
     readonly create: (path: string) => Effect.Effect<StoreFile, StoreFileError, Scope.Scope>
-    /** Open an existing regular file to read and append. */
+    /** Open an existing regular file with no other name, to read and append. */
     readonly openAppend: (path: string) => Effect.Effect<StoreFile, StoreFileError, Scope.Scope>
-    /** Remove whatever is at `path` (a directory with its contents, a link and not its target); nothing there is fine. */
+    /**
+     * Remove what is at `path`: a file or a link (the link, not its target), or an empty directory;
+     * nothing there is fine. A directory with anything in it is not walked (`not_a_file`).
+     */
     readonly remove: (path: string) => Effect.Effect<void, StoreFileError>
     readonly rename: (from: string, to: string) => Effect.Effect<void, StoreFileError>
     /** Hard-link the regular file `existing` as `name`; `already_exists` if anything is at `name`. */

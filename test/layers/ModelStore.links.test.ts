@@ -15,6 +15,7 @@ import * as Integrity from "../../src/domain/Integrity.js"
 import * as DownloaderTest from "../../src/layers/DownloaderTest.js"
 import * as MemoryFileSystem from "../../src/layers/MemoryFileSystem.js"
 import * as ModelStoreLive from "../../src/layers/ModelStoreLive.js"
+import * as VerifiedModels from "../../src/layers/internal/VerifiedModels.js"
 import * as StoreFileSystemLive from "../../src/layers/StoreFileSystemLive.js"
 import { Downloader } from "../../src/services/Downloader.js"
 import { ModelStore, type VerifiedModel } from "../../src/services/ModelStore.js"
@@ -151,12 +152,51 @@ for (const backend of backends) {
         assert.strictEqual(Buffer.compare(yield* fs.readFile(`${paths.outside}/model`), MODEL), 0)
       }).pipe(Effect.provide(backend.layer)))
 
-    it.scoped("a directory at the partial path, and one at the final path: removed, never written into or renamed over", () =>
+    it.scoped("an empty directory at the partial path, and one at the final path: removed, never written into or renamed over", () =>
       Effect.gen(function*() {
         const { final, fs, partial } = yield* setUp
-        yield* fs.makeDirectory(`${partial}/inside`, { recursive: true })
+        yield* fs.makeDirectory(partial, { recursive: true })
         yield* fs.makeDirectory(final, { recursive: true })
         yield* endsVerified
+      }).pipe(Effect.provide(backend.layer)))
+
+    it.scoped("a directory with something in it where a file belongs: entry_replaced, and nothing in it is removed (no tree is walked)", () =>
+      Effect.gen(function*() {
+        const { fs, partial } = yield* setUp
+        yield* fs.makeDirectory(`${partial}/inside`, { recursive: true })
+        yield* fs.writeFile(`${partial}/inside/keep`, OUTSIDE_BYTES)
+        yield* expectFailure(Effect.scoped(Effect.flatMap(ModelStore, (store) => store.ensure(spec, source))), "ModelStoreError", "entry_replaced")
+        assert.strictEqual(Buffer.compare(yield* fs.readFile(`${partial}/inside/keep`), OUTSIDE_BYTES), 0)
+      }).pipe(Effect.provide(backend.layer)))
+
+    it.scoped("a hard link at the partial path to a file outside: never appended to, the file outside unchanged", () =>
+      Effect.gen(function*() {
+        const { fs, outsideFile, partial } = yield* setUp
+        yield* fs.link(outsideFile, partial)
+        yield* endsVerified
+        yield* outsideUntouched
+      }).pipe(Effect.provide(backend.layer)))
+
+    it.scoped("a store directory others can write is refused: store_not_private, nothing downloaded", () =>
+      Effect.gen(function*() {
+        const { fs, paths } = yield* setUp
+        yield* fs.chmod(paths.store, 0o777)
+        yield* expectFailure(Effect.scoped(Effect.flatMap(ModelStore, (store) => store.ensure(spec, source))), "ModelStoreError", "store_not_private")
+        assert.strictEqual((yield* (yield* DownloaderTest.DownloaderControl).requests).length, 0)
+        yield* fs.chmod(paths.store, 0o755)
+        yield* fs.chmod(`${paths.store}/partial`, 0o770)
+        yield* expectFailure(Effect.scoped(Effect.flatMap(ModelStore, (store) => store.ensure(spec, source))), "ModelStoreError", "store_not_private")
+        yield* fs.chmod(`${paths.store}/partial`, 0o700)
+        yield* endsVerified
+      }).pipe(Effect.provide(backend.layer)))
+
+    it.scoped("a descriptor closed with its scope is no verified model any more: the spawner's check refuses it", () =>
+      Effect.gen(function*() {
+        yield* setUp
+        const stale = yield* Effect.scoped(Effect.flatMap(ModelStore, (store) => store.ensure(spec, source)))
+        assert.isFalse(yield* VerifiedModels.stillVerified(stale))
+        const live = yield* Effect.flatMap(ModelStore, (store) => store.ensure(spec, source))
+        assert.isTrue(yield* VerifiedModels.stillVerified(live))
       }).pipe(Effect.provide(backend.layer)))
 
     it.scoped("a FIFO at the partial path does not block the store: it is removed", () =>

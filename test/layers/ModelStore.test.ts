@@ -6,6 +6,7 @@ import * as Integrity from "../../src/domain/Integrity.js"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
 import { MemoryFileSystem } from "../../src/layers/MemoryFileSystem.js"
 import { Processes } from "../../src/layers/ModelStoreTest.js"
+import * as VerifiedModels from "../../src/layers/internal/VerifiedModels.js"
 import { DownloadError } from "../../src/services/Errors.js"
 import { metrics, ModelStore, type VerifiedModel } from "../../src/services/ModelStore.js"
 import { bytesOf, sha256Hex } from "../domain/fixtures.js"
@@ -313,7 +314,7 @@ describe("hash once, serve what was hashed", () => {
       assert.strictEqual((yield* downloader.requests).length, 1)
     }).pipe(Effect.provide(storeLayer())))
 
-  it.effect("a file renamed onto the model's path after verification: the descriptor handed out still reads the verified bytes", () =>
+  it.effect("a file renamed onto the model's path after verification: the descriptor handed out still reads the verified bytes, and is no longer taken for verified", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const store = yield* ModelStore
@@ -323,9 +324,11 @@ describe("hash once, serve what was hashed", () => {
         const model = yield* store.ensure(spec, source)
         yield* fs.writeFile(`${STORE}/impostor`, impostor)
         yield* fs.rename(`${STORE}/impostor`, FINAL_PATH)
+        // The descriptor still names the verified bytes…
         assert.isTrue(sameBytes(yield* servedBytes(model), MODEL))
-        // The file behind the descriptor was not written: confirm passes.
-        yield* store.confirm(model)
+        // …but the file lost its name (its ctime moved): neither the spawner's check nor confirm trusts it now.
+        assert.isFalse(yield* VerifiedModels.stillVerified(model))
+        yield* expectFailure(store.confirm(model), "ModelStoreError", "model_changed")
       }))
       // The next ensure finds a different file at the path, reads it, refuses it and fetches the model again.
       const again = yield* Effect.scoped(Effect.flatMap(store.ensure(spec, source), servedBytes))

@@ -15,7 +15,7 @@
  * the same over the in-memory file system with a scripted set of live processes.
  */
 import { randomUUID } from "node:crypto"
-import { Duration, Effect, Option, Schedule } from "effect"
+import { Duration, Effect, Option, Schedule, type Scope } from "effect"
 import { ModelStoreError, type StoreFileError } from "../../services/Errors.js"
 import type { StoreFileSystem } from "../../services/StoreFileSystem.js"
 
@@ -65,9 +65,11 @@ const readLock = (files: Files, path: string): Effect.Effect<Option.Option<strin
     )
   )
 
+const nonceOf = (content: string) => content.slice(content.indexOf(" ") + 1, -1)
+
 const acquire = (files: Files, lockPath: string, options: StoreLockOptions, mine: string) =>
   Effect.gen(function*() {
-    const draft = `${lockPath}.${mine.slice(mine.indexOf(" ") + 1, -1)}.draft`
+    const draft = `${lockPath}.${nonceOf(mine)}.draft`
     /** Write `content` to a fresh draft and link it to the lock's name: true if that made the lock. */
     const createWith = (content: string) =>
       Effect.scoped(Effect.flatMap(files.create(draft), (file) => file.append(Buffer.from(content)))).pipe(
@@ -84,8 +86,8 @@ const acquire = (files: Files, lockPath: string, options: StoreLockOptions, mine
       if (Option.isNone(seen)) return "again"
       const pid = holderPid(seen.value)
       if (pid !== undefined && options.isAlive(pid)) return "busy"
-      const aside = `${lockPath}.stale.${options.pid}`
-      yield* files.remove(aside).pipe(Effect.mapError(ioFailed))
+      // Named by this holder's nonce: no other contender, in this process or another, uses the same aside.
+      const aside = `${lockPath}.${nonceOf(mine)}.stale`
       const moved = yield* files.rename(lockPath, aside).pipe(
         Effect.as(true),
         Effect.catchAll((e) => (e.reason === "file_missing" ? Effect.succeed(false) : Effect.fail(ioFailed())))
@@ -108,18 +110,28 @@ const acquire = (files: Files, lockPath: string, options: StoreLockOptions, mine
     )
   })
 
+export interface HeldLock {
+  /**
+   * Still this holder's? A takeover race can, rarely, leave a holder whose lock was moved and then
+   * replaced; before it promotes anything, a holder asks.
+   */
+  readonly stillHeld: Effect.Effect<boolean, ModelStoreError>
+}
+
 /**
  * Hold the lock for the scope. The release is registered first and removes the lock only if it
  * holds this holder's nonce, so an interruption at any point leaves no lock of ours behind.
  */
-export const hold = (files: Files, lockPath: string, options: StoreLockOptions) =>
+export const hold = (files: Files, lockPath: string, options: StoreLockOptions): Effect.Effect<HeldLock, ModelStoreError, Scope.Scope> =>
   Effect.gen(function*() {
     const mine = `${options.pid} ${randomUUID()}\n`
+    const stillHeld = Effect.map(readLock(files, lockPath), (content) => Option.contains(content, mine))
     yield* Effect.addFinalizer(() =>
-      readLock(files, lockPath).pipe(
-        Effect.flatMap((content) => (Option.contains(content, mine) ? files.remove(lockPath) : Effect.void)),
+      stillHeld.pipe(
+        Effect.flatMap((held) => (held ? files.remove(lockPath) : Effect.void)),
         Effect.ignore
       )
     )
     yield* acquire(files, lockPath, options, mine)
+    return { stillHeld }
   })

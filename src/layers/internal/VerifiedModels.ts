@@ -1,11 +1,13 @@
 /**
  * Where `VerifiedModel`s are minted, and the registry that tells a real one from a lookalike.
- * Only the model store mints; the spawners ask `isVerified` before they hand anything to a runtime.
+ * Only the model store mints, and revokes a model as its descriptor closes; the spawners ask
+ * `stillVerified` before they hand anything to a runtime.
  * The registry also keeps, for `ModelStore.confirm`, the open file and its identity at verification.
  */
+import { Effect } from "effect"
 import type { Sha256Hex } from "../../domain/Integrity.js"
 import type { VerifiedModel } from "../../services/ModelStore.js"
-import type { FileIdentity, StoreFile } from "../../services/StoreFileSystem.js"
+import { type FileIdentity, type StoreFile, sameVersion } from "../../services/StoreFileSystem.js"
 
 interface Record {
   readonly identity: FileIdentity
@@ -25,6 +27,21 @@ export const mint = (
 }
 
 export const isVerified = (model: unknown): model is VerifiedModel => typeof model === "object" && model !== null && minted.has(model)
+
+/**
+ * Minted by the store, its descriptor still open, and the file behind it unchanged since it was
+ * verified: what a spawner asks just before it hands the descriptor to a runtime.
+ */
+export const stillVerified = (model: unknown): Effect.Effect<boolean> =>
+  Effect.suspend(() => {
+    const record = isVerified(model) ? minted.get(model) : undefined
+    return record === undefined
+      ? Effect.succeed(false)
+      : Effect.orElseSucceed(Effect.map(record.file.identity, (now) => sameVersion(now, record.identity)), () => false)
+  })
+
+/** The model's descriptor is about to close: from now on it is no verified model (its number may be reused). */
+export const revoke = (model: VerifiedModel): void => void minted.delete(model)
 
 /** The open file behind a model and its identity when it was verified. */
 export const recordOf = (model: VerifiedModel): Record | undefined => minted.get(model)
