@@ -9,7 +9,8 @@
  * - Ollama: `ollama serve` with `OLLAMA_HOST=127.0.0.1:<port>`, the port found by binding port 0;
  *   the handle is returned once the port accepts connections. If the runtime exits first (the
  *   port was taken meanwhile), it is spawned again on a new port (up to 3 times).
- * - Only a model minted by the store is spawned (`unverified_model` otherwise).
+ * - Only a model minted by the store, its descriptor open and its file unchanged since it was
+ *   verified, is spawned (`unverified_model` otherwise).
  * - A fresh 256-bit key per spawn, in `LLAMA_API_KEY` only (never in argv).
  * - The child's environment is built from an allowlist of the parent's variables, never the
  *   whole environment (which may hold tokens).
@@ -28,7 +29,7 @@ import { connect, createServer } from "node:net"
 import { FileSystem } from "@effect/platform"
 import { NodeStream } from "@effect/platform-node"
 import { Config, ConfigProvider, Deferred, Duration, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
-import { CompanionConfig, defaultEnvAllowlist } from "../config/Config.js"
+import { type CompanionConfig, defaultEnvAllowlist, readConfig } from "../config/Config.js"
 import { SpawnError } from "../services/Errors.js"
 import type { VerifiedModel } from "../services/ModelStore.js"
 import { type ExitStatus, type RuntimeHandle, type RuntimeKind, Spawner } from "../services/Spawner.js"
@@ -163,8 +164,34 @@ interface Started {
   readonly exitStatus: Promise<ExitStatus>
 }
 
-/** Spawn detached (its own process group), with `descriptor`, if any, as the child's fd 3. */
-const start = (command: string, args: ReadonlyArray<string>, env: Record<string, string>, descriptor: number | undefined) =>
+const hasExited = (started: Started) => started.child.exitCode !== null || started.child.signalCode !== null
+
+/**
+ * SIGTERM to the process group, SIGKILL after `grace`; completes once it has exited. Its own wait
+ * is interruptible, so the grace period bounds it even where it runs uninterruptibly.
+ */
+const stopProcess = (started: Started, grace: Duration.DurationInput) =>
+  Effect.gen(function*() {
+    const exited = Effect.promise(() => started.exitStatus)
+    if (!hasExited(started)) {
+      yield* signalGroup(started.pid, "SIGTERM")
+      yield* Effect.interruptible(exited).pipe(Effect.timeout(grace), Effect.ignore)
+      if (!hasExited(started)) yield* signalGroup(started.pid, "SIGKILL")
+    }
+    const status = yield* exited
+    // Anything the runtime left in its group goes with it.
+    yield* signalGroup(started.pid, "SIGKILL")
+    return status
+  })
+
+/**
+ * Spawn detached (its own process group), with `descriptor`, if any, as the child's fd 3. Acquired
+ * with its release: however the caller is interrupted, a child that was started is stopped.
+ */
+const start = (command: string, args: ReadonlyArray<string>, env: Record<string, string>, descriptor: number | undefined, grace: Duration.DurationInput) =>
+  Effect.acquireRelease(startChild(command, args, env, descriptor), (started) => stopProcess(started, grace))
+
+const startChild = (command: string, args: ReadonlyArray<string>, env: Record<string, string>, descriptor: number | undefined) =>
   Effect.async<Started, SpawnError>((resume) => {
     const child = spawnChild(command, args, {
       stdio: ["ignore", "pipe", "pipe", ...(descriptor === undefined ? [] : [descriptor])],
@@ -200,24 +227,10 @@ export const make = (options: SpawnerOptions) =>
           ...(options.kind === "llama.cpp" ? { LLAMA_API_KEY: key } : { OLLAMA_HOST: `127.0.0.1:${port}` })
         }
         const args = ["--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(options)]
-        const { child, exitStatus, pid } = yield* start(setpriv.value, args, env, options.kind === "llama.cpp" ? model.descriptor : undefined)
+        const started = yield* start(setpriv.value, args, env, options.kind === "llama.cpp" ? model.descriptor : undefined, stopGrace)
+        const { child, exitStatus, pid } = started
         const exited = Effect.promise(() => exitStatus)
-        const hasExited = () => child.exitCode !== null || child.signalCode !== null
-
-        const stop = (grace: Duration.DurationInput) =>
-          Effect.gen(function*() {
-            if (!hasExited()) {
-              yield* signalGroup(pid, "SIGTERM")
-              // Interruptible, so the grace period bounds the wait even where stop runs uninterruptibly.
-              yield* Effect.interruptible(exited).pipe(Effect.timeout(grace), Effect.ignore)
-              if (!hasExited()) yield* signalGroup(pid, "SIGKILL")
-            }
-            const status = yield* exited
-            // Anything the runtime left in its group goes with it.
-            yield* signalGroup(pid, "SIGKILL")
-            return status
-          })
-        yield* Effect.addFinalizer(() => stop(stopGrace))
+        const stop = (grace: Duration.DurationInput) => stopProcess(started, grace)
 
         const output = ringBuffer(capacity)
         const address = yield* Deferred.make<number>()
@@ -257,15 +270,17 @@ export const make = (options: SpawnerOptions) =>
         return handle
       })
 
-    const spawn = (model: VerifiedModel) =>
-      !VerifiedModels.isVerified(model)
-        ? Effect.fail(new SpawnError({ reason: "unverified_model" }))
-        : options.kind === "llama.cpp"
+    const spawnVerified = (model: VerifiedModel) =>
+      options.kind === "llama.cpp"
         ? spawnOnce(model, undefined)
         : Effect.flatMap(freePort, (port) => spawnOnce(model, port)).pipe(
           // The port found free may be taken by the time Ollama binds it: try a new one.
           Effect.retry({ times: 2, while: (e) => e.reason === "exited_early" })
         )
+
+    // Only a model the store minted, whose descriptor is open and whose file has not changed since.
+    const spawn = (model: VerifiedModel) =>
+      Effect.flatMap(VerifiedModels.stillVerified(model), (ok) => (ok ? spawnVerified(model) : Effect.fail(new SpawnError({ reason: "unverified_model" }))))
 
     return Spawner.of({ spawn })
   })
@@ -274,7 +289,7 @@ export const layer = (options: SpawnerOptions): Layer.Layer<Spawner, SpawnError,
   Layer.effect(Spawner, make(options))
 
 /** The spawner from `CompanionConfig`: `runtime.*`, with `admission.maxInFlight` slots and `stopGrace`. */
-export const layerConfig = Layer.unwrapEffect(Effect.map(CompanionConfig, (config) => layer(optionsFrom(config))))
+export const layerConfig = Layer.unwrapEffect(Effect.map(readConfig, (config) => layer(optionsFrom(config))))
 
 export const optionsFrom = (config: CompanionConfig): SpawnerOptions => ({
   kind: config.runtime.kind,

@@ -99,7 +99,7 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
     const spawner = Spawner.of({
       spawn: (model) =>
         Effect.gen(function*() {
-          if (!VerifiedModels.isVerified(model)) return yield* new SpawnError({ reason: "unverified_model" })
+          if (!(yield* VerifiedModels.stillVerified(model))) return yield* new SpawnError({ reason: "unverified_model" })
           const failure = yield* Ref.getAndSet(nextFailure, undefined)
           if (failure !== undefined) return yield* failure
           const pid = 1000 + (yield* Ref.get(spawned)).length

@@ -264,23 +264,38 @@ describe("live: a real llama-server", () => {
       }).pipe(Effect.provide(NodeContext.layer))
     ), 60_000)
 
-  it.live("a file renamed onto the model's path after verification is never served: the runtime reads the verified file", () =>
+  it.live("a file renamed onto the model's path once the runtime has it: the runtime reads and serves the verified file, not the path", () =>
     Effect.scoped(
       Effect.gen(function*() {
         const store = join(work, "swap-store")
-        const swapped = yield* verifiedModel(store, MODEL)
-        // The attacker's file (garbage, which llama-server could not load) takes the model's name.
-        const final = join(store, SPEC.sha256)
-        writeFileSync(join(store, "impostor"), Buffer.alloc(MODEL.length, 0x41))
-        renameSync(join(store, "impostor"), final)
+        const verified = yield* verifiedModel(store, MODEL)
         const spawner = yield* SpawnerLive.make({ kind: "llama.cpp", binary: llamaServer, parallel: 1 })
-        const handle = yield* spawner.spawn(swapped)
-        // It loaded (garbage would not have) and serves: the bytes behind fd 3 are the verified ones.
-        const answer = yield* completion(handle).pipe(Effect.provide(NodeHttpClient.layerUndici))
+        const handle = yield* spawner.spawn(verified)
+        // The attacker's file (garbage, which llama-server could not load) takes the model's name.
+        writeFileSync(join(store, "impostor"), Buffer.alloc(MODEL.length, 0x41))
+        renameSync(join(store, "impostor"), join(store, SPEC.sha256))
+        // It loads (garbage would not) and serves: fd 3 is the verified file, now without a name.
+        const answer = yield* completion(handle).pipe(
+          Effect.flatMap((r) => (r.status === 503 ? Effect.fail("loading") : Effect.succeed(r))),
+          Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("30 seconds"))),
+          Effect.provide(NodeHttpClient.layerUndici)
+        )
         assert.strictEqual(answer.status, 200)
         assert.strictEqual(sha256Hex(readFileSync(`/proc/${handle.pid}/fd/3`)), SPEC.sha256)
         assert.match(readlinkSync(`/proc/${handle.pid}/fd/3`), /\(deleted\)$/)
         yield* handle.stop("5 seconds")
+      }).pipe(Effect.provide(NodeContext.layer))
+    ), 60_000)
+
+  it.live("a model whose file lost its name after verification is not spawned at all", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const store = join(work, "unlinked-store")
+        const verified = yield* verifiedModel(store, MODEL)
+        writeFileSync(join(store, "impostor"), Buffer.alloc(MODEL.length, 0x41))
+        renameSync(join(store, "impostor"), join(store, SPEC.sha256))
+        const spawner = yield* SpawnerLive.make({ kind: "llama.cpp", binary: llamaServer, parallel: 1 })
+        yield* expectFailure(spawner.spawn(verified), "SpawnError", "unverified_model")
       }).pipe(Effect.provide(NodeContext.layer))
     ), 60_000)
 
@@ -374,6 +389,20 @@ describe("live: stand-in runtimes", () => {
         assert.include(yield* handle.output, "ignoring SIGTERM")
       }).pipe(Effect.provide(NodeContext.layer))
     ), 30_000)
+
+  it.live("a spawn interrupted while it waits for the runtime's address leaves no process behind", () =>
+    Effect.gen(function*() {
+      const pidFile = join(work, "silent.pid")
+      const spawner = yield* SpawnerLive.make({ kind: "llama.cpp", binary: standin("silent", pidFile), parallel: 1, stopGrace: "1 second" })
+      const spawning = yield* Effect.fork(Effect.scoped(Effect.flatMap(model(), spawner.spawn)))
+      const pid = yield* Effect.sync(() => (existsSync(pidFile) ? Number(readFileSync(pidFile, "utf8")) : undefined)).pipe(
+        Effect.filterOrFail((p): p is number => p !== undefined && p > 0),
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")))
+      )
+      assert.isFalse(gone(pid))
+      yield* Fiber.interrupt(spawning)
+      yield* waitGone(pid, "3 seconds")
+    }).pipe(Effect.provide(NodeContext.layer)), 30_000)
 
   it.live("a runtime that exits before reporting its address is exited_early", () =>
     expectFailure(
