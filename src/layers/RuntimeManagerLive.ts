@@ -28,13 +28,13 @@ import {
   type Stream,
   SubscriptionRef
 } from "effect"
-import { CompanionConfig } from "../config/Config.js"
+import { readConfig } from "../config/Config.js"
 import * as Circuit from "../domain/Circuit.js"
 import { LifecycleError, type Refusal, refusal } from "../domain/Errors.js"
 import * as Lifecycle from "../domain/Lifecycle.js"
 import * as RequestGate from "../domain/RequestGate.js"
 import type * as ResourcePolicy from "../domain/ResourcePolicy.js"
-import { HealthError, QueueTimeoutError, type ResourceStatError, RuntimeExitedError, StartError } from "../services/Errors.js"
+import { HealthError, QueueTimeoutError, ResourceStatError, RuntimeExitedError, StartError } from "../services/Errors.js"
 import { HealthProbe } from "../services/HealthProbe.js"
 import { ModelStore } from "../services/ModelStore.js"
 import { ResourceStat } from "../services/ResourceStat.js"
@@ -212,8 +212,11 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       const requests = yield* Scope.extend(FiberSet.make<unknown, unknown>(), scope)
       const observation = yield* Cache.make<void, ResourcePolicy.ResourceObservation, ResourceStatError>({
         capacity: 1,
-        // Not interruptible: those waiting for it always get an answer (it is bounded).
-        lookup: () => Effect.uninterruptible(stat.observe(handle)),
+        // Bounded: a hung `nvidia-smi` must not hold every request. (It runs in a fiber of its own, see `observe`.)
+        lookup: () =>
+          stat.observe(handle).pipe(
+            Effect.timeoutFail({ duration: config.health.probeTimeout, onTimeout: () => new ResourceStatError({ reason: "stat_failed" }) })
+          ),
         timeToLive: config.maxObservationAge
       })
       const running: Running = { handle, scope, requests, observation, gone: undefined }
@@ -383,7 +386,15 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
    * the runtime having exited.
    */
   const observe = (running: Running): Effect.Effect<ResourcePolicy.ResourceObservation, ObservationFailure | RuntimeExitedError> =>
-    Effect.uninterruptible(Effect.tapError(running.observation.get(undefined), () => running.observation.invalidate(undefined))).pipe(
+    Effect.flatMap(running.observation.getOption(undefined), (kept) =>
+      Option.isSome(kept)
+        ? Effect.succeed(kept.value)
+        // Nothing fresh: the lookup runs in a fiber of its own, so a caller that leaves (interrupted
+        // while waiting) does not interrupt the lookup that others wait for too.
+        : Effect.flatMap(
+          Effect.forkDaemon(Effect.tapError(running.observation.get(undefined), () => running.observation.invalidate(undefined))),
+          Fiber.join
+        )).pipe(
       Effect.mapError((e): ObservationFailure | RuntimeExitedError =>
         e.reason === "process_gone" ? running.gone ?? new RuntimeExitedError({ reason: "runtime_exited" }) : (e as ObservationFailure)
       )
@@ -392,7 +403,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   /** The whole gate, in the domain's order; step 4 (resources) with the slot held. Holds a slot on success. */
   const admit = (restore: Restore) =>
     Effect.flatMap(acquire(restore), (running) =>
-      observe(running).pipe(
+      restore(observe(running)).pipe(
         Effect.flatMap((o) => RequestGate.checkResources(o, config.resources)),
         Effect.onError(() => release),
         Effect.zipRight(Metric.increment(metrics.admissions)),
@@ -410,7 +421,9 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
         Effect.flatMap(
           FiberSet.run(running.requests, restore(request({ baseUrl: running.handle.baseUrl, apiKey: running.handle.apiKey }))),
           (fiber) =>
-            restore(Fiber.await(fiber)).pipe(
+            // Retired between admission and now: `retire` did not see this fiber, so stop it here.
+            (running.gone === undefined ? Effect.void : Fiber.interruptFork(fiber)).pipe(
+              Effect.zipRight(restore(Fiber.await(fiber))),
               // The caller left: its request goes with it.
               Effect.onInterrupt(() => Fiber.interrupt(fiber)),
               Effect.flatMap((exit): Effect.Effect<A, E | RuntimeExitedError> => {
@@ -506,4 +519,4 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
 export const layer = (config: RuntimeManagerConfig) => Layer.scoped(RuntimeManager, make(config))
 
 /** The manager, configured from `CompanionConfig`. */
-export const layerConfig = Layer.scoped(RuntimeManager, Effect.flatMap(CompanionConfig, make))
+export const layerConfig = Layer.scoped(RuntimeManager, Effect.flatMap(readConfig, make))

@@ -1,6 +1,6 @@
 /** run: the gate around inference effects — admission, queueing, timeouts, interruption, resources. */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Deferred, Effect, Exit, Fiber, Metric, MetricState, Option, Random, TestClock } from "effect"
+import { Cause, Deferred, Effect, Either, Exit, Fiber, Metric, MetricState, Option, Random, TestClock } from "effect"
 import { ResourceStatControl } from "../../src/layers/ResourceStatTest.js"
 import { ResourceStatError } from "../../src/services/Errors.js"
 import { metrics, RuntimeManager } from "../../src/services/RuntimeManager.js"
@@ -137,6 +137,26 @@ describe("RuntimeManager.run", () => {
       yield* manager.run(() => Effect.void).pipe(Effect.fork, Effect.zipLeft(TestClock.adjust("20 millis")), Effect.flatMap(Fiber.join))
       assert.strictEqual(yield* stat.calls, 3)
       assert.deepStrictEqual([(yield* manager.status).inFlight, (yield* manager.status).queued], [0, 0])
+    }).pipe(Effect.provide(managerLayer())))
+
+  it.effect("a request waiting for an observation under way can leave at once; a hung observation times out as stat_failed", () =>
+    Effect.gen(function*() {
+      const manager = yield* startReady
+      const stat = yield* ResourceStatControl
+      yield* stat.latency("1 hour")
+      const first = yield* Effect.fork(Effect.either(manager.run(() => Effect.void)))
+      const second = yield* Effect.fork(manager.run(() => Effect.void))
+      for (let i = 0; i < 100 && (yield* manager.status).inFlight < 2; i++) yield* Effect.yieldNow()
+      assert.strictEqual((yield* manager.status).inFlight, 2)
+      // Leaving does not wait for the observation the first request started.
+      yield* Fiber.interrupt(second)
+      assert.strictEqual((yield* manager.status).inFlight, 1)
+      // The observation is bounded by health.probeTimeout (2 s here): fail closed, slot back.
+      yield* TestClock.adjust("2 seconds")
+      const outcome = yield* Fiber.join(first)
+      assert.isTrue(Either.isLeft(outcome) && outcome.left._tag === "ResourceStatError" && outcome.left.reason === "stat_failed")
+      assert.strictEqual((yield* manager.status).inFlight, 0)
+      assert.strictEqual(yield* stat.calls, 1)
     }).pipe(Effect.provide(managerLayer())))
 
   it.effect("a request handed a slot from the queue uses the fresh observation", () =>
