@@ -17,6 +17,7 @@ import {
   Duration,
   Effect,
   Either,
+  HashSet,
   Option,
   ParseResult,
   Schema,
@@ -294,6 +295,7 @@ export const encode = (config: CompanionConfig): CompanionConfigFile => Schema.e
 // ---------------------------------------------------------------------------------------------
 
 const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i
+const EMPTY = new Set(["", "<nil>"])
 
 /** A leaf read as text and turned into the JSON type the schema's encoded side expects; text that is not one stays text, so the schema refuses it. */
 const leafOf = (ast: SchemaAST.AST, name: string): Config.Config<Option.Option<unknown>> | undefined => {
@@ -313,7 +315,8 @@ const leafOf = (ast: SchemaAST.AST, name: string): Config.Config<Option.Option<u
     case "TupleType": {
       const element = ast.rest[0]?.type
       return ast.elements.length === 0 && element !== undefined && (element._tag === "StringKeyword" || element._tag === "Literal")
-        ? Config.option(Config.array(Config.string(), name))
+        // An empty list reaches Config as one empty item (an empty variable, or `<nil>` from fromJson).
+        ? Config.option(Config.map(Config.array(Config.string(), name), (items) => (items.length === 1 && EMPTY.has(items[0]!) ? [] : items)))
         : undefined
     }
     case "TypeLiteral":
@@ -362,6 +365,33 @@ export const CompanionConfig: Config.Config<CompanionConfig> = Config.mapOrFail(
       (error) => toConfigError(uniqueProblems(error.issue))
     )
 )
+
+/**
+ * `CompanionConfig`, and a section key the schema does not know refused as the file decoder
+ * refuses it: a `gateway.tokne` in an environment must not leave the gateway without its token.
+ * (Top-level keys are not checked: an environment holds every variable of the process.) What the
+ * layers read.
+ */
+export const readConfig: Effect.Effect<CompanionConfig, ConfigError.ConfigError> = Effect.gen(function*() {
+  const sections = encodedStruct().propertySignatures.flatMap((p) => {
+    const type = SchemaAST.isTypeLiteral(p.type) ? p.type : undefined
+    return type === undefined ? [] : [[String(p.name), new Set(type.propertySignatures.map((q) => String(q.name)))] as const]
+  })
+  const problems = yield* Effect.configProviderWith((provider) =>
+    Effect.forEach(sections, ([section, known]) =>
+      Effect.map(
+        Effect.orElseSucceed(provider.flattened.enumerateChildren([section]), () => HashSet.empty<string>()),
+        (children) =>
+          // A list's items are children named `key[0]`, `key[1]`, ...: each is its key.
+          [...new Set([...children].map((child) => child.replace(/\[\d+\]$/, "")))]
+            .filter((child) => !known.has(child))
+            .map((child): Problem => ({ path: [section, child], text: "not a known field" }))
+      ))
+  )
+  const unknown = problems.flat()
+  if (unknown.length > 0) return yield* Effect.fail(toConfigError(unknown))
+  return yield* CompanionConfig
+})
 
 /** Every key of the schema as a dotted path, in declaration order. */
 export const keys = (): ReadonlyArray<string> => {

@@ -12,7 +12,7 @@
 import { HttpRouter, HttpServer, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
 import { Effect, Layer, Option, type Redacted } from "effect"
 import type { Agent } from "node:http"
-import { CompanionConfig } from "../config/Config.js"
+import { type CompanionConfig, readConfig } from "../config/Config.js"
 import { GatewayError } from "../services/Errors.js"
 import { RuntimeManager } from "../services/RuntimeManager.js"
 import * as Answers from "./Answers.js"
@@ -114,4 +114,4 @@ export const optionsFrom = (config: CompanionConfig): GatewayOptions => ({
 })
 
 /** The gateway from `CompanionConfig`. */
-export const layerConfig = Layer.unwrapEffect(Effect.map(CompanionConfig, (config) => layer(optionsFrom(config))))
+export const layerConfig = Layer.unwrapEffect(Effect.map(readConfig, (config) => layer(optionsFrom(config))))

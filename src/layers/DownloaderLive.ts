@@ -17,7 +17,7 @@ import { FileSystem, HttpClient, HttpClientRequest, type HttpClientResponse } fr
 import { NodeHttpClient, NodeStream } from "@effect/platform-node"
 import * as Undici from "@effect/platform-node/Undici"
 import { Clock, ConfigError, Duration, Effect, Either, Layer, Stream } from "effect"
-import { CompanionConfig } from "../config/Config.js"
+import { type CompanionConfig, readConfig } from "../config/Config.js"
 import { Readable } from "node:stream"
 import { rootCertificates } from "node:tls"
 import { checkSource } from "../domain/Integrity.js"
@@ -229,5 +229,5 @@ export const layerFrom = (config: CompanionConfig): Layer.Layer<Downloader, Conf
 
 /** The downloader from `CompanionConfig`. */
 export const layerConfig: Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> = Layer.unwrapEffect(
-  Effect.map(CompanionConfig, layerFrom)
+  Effect.map(readConfig, layerFrom)
 )

@@ -6,7 +6,7 @@
  */
 import { HttpClient } from "@effect/platform"
 import { Duration, Effect, Layer } from "effect"
-import { CompanionConfig } from "../config/Config.js"
+import { readConfig } from "../config/Config.js"
 import { HealthError } from "../services/Errors.js"
 import { type Health, HealthProbe } from "../services/HealthProbe.js"
 import type { RuntimeKind } from "../services/Spawner.js"
@@ -35,4 +35,4 @@ export const make = (kind: RuntimeKind, timeout: Duration.DurationInput = Durati
 export const layer = (kind: RuntimeKind, timeout?: Duration.DurationInput) => Layer.effect(HealthProbe, make(kind, timeout))
 
 /** `runtime.kind` and `health.probeTimeout` from `CompanionConfig`. */
-export const layerConfig = Layer.unwrapEffect(Effect.map(CompanionConfig, (config) => layer(config.runtime.kind, config.health.probeTimeout)))
+export const layerConfig = Layer.unwrapEffect(Effect.map(readConfig, (config) => layer(config.runtime.kind, config.health.probeTimeout)))

@@ -10,7 +10,7 @@
  */
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
-import { type CompanionConfig, CompanionConfig as CompanionConfigReader } from "../config/Config.js"
+import { type CompanionConfig, readConfig } from "../config/Config.js"
 import * as DownloaderLive from "./DownloaderLive.js"
 import * as HealthProbeLive from "./HealthProbeLive.js"
 import * as ModelStoreLive from "./ModelStoreLive.js"
@@ -39,7 +39,7 @@ export const layerFrom = (config: CompanionConfig) =>
   )
 
 /** `storeFrom`, configured from `Config`. */
-export const store = Layer.unwrapEffect(Effect.map(CompanionConfigReader, storeFrom))
+export const store = Layer.unwrapEffect(Effect.map(readConfig, storeFrom))
 
 /** `layerFrom`, configured from `Config`; fails to build on invalid config or a missing `setpriv`. */
-export const layer = Layer.unwrapEffect(Effect.map(CompanionConfigReader, layerFrom))
+export const layer = Layer.unwrapEffect(Effect.map(readConfig, layerFrom))

@@ -5,7 +5,7 @@
  */
 import { Path } from "@effect/platform"
 import { Context, Effect, Layer } from "effect"
-import { CompanionConfig } from "../config/Config.js"
+import { readConfig } from "../config/Config.js"
 import * as DownloaderTest from "./DownloaderTest.js"
 import * as MemoryFileSystem from "./MemoryFileSystem.js"
 import * as ModelStoreLive from "./ModelStoreLive.js"
@@ -35,7 +35,7 @@ const processes = Layer.sync(Processes, (): ProcessesService => {
 
 /** The store over whatever `MemoryFileSystem` and `Downloader` are given. */
 export const storeOnly = Layer.unwrapEffect(
-  Effect.map(Effect.all([CompanionConfig, Processes]), ([config, table]) =>
+  Effect.map(Effect.all([readConfig, Processes]), ([config, table]) =>
     ModelStoreLive.layer({ ...ModelStoreLive.optionsFrom(config), holder: table }))
 )
 

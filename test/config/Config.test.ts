@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, ConfigProvider, Duration, Effect, Exit, Option, Redacted, Schema } from "effect"
-import { CompanionConfig, CompanionConfigSchema, decodeFile, encode, keys } from "../../src/config/Config.js"
+import { CompanionConfig, CompanionConfigSchema, decodeFile, encode, keys, readConfig } from "../../src/config/Config.js"
 
 const MODEL = { sha256: "ab".repeat(32), sizeBytes: 1234, source: "https://models.example.com/org/repo/resolve/abc/m.gguf" }
 
@@ -145,10 +145,38 @@ describe("one configuration", () => {
       }
     }))
 
-  it.effect("unknown keys are refused in the file (a typo is not ignored)", () =>
+  it.effect("unknown keys are refused in the file (a typo is not ignored), and in a section read through Config", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(decodeFile({ model: MODEL, allowedSources: full.allowedSources, admision: { maxInFlight: 2 } }))
       assert.deepStrictEqual(error.problems, ["admision: not a known field"])
+      // A misspelt token must not leave the gateway open: readConfig (what the layers use) refuses it,
+      // from JSON and from an environment-style map alike.
+      const typo = { model: MODEL, allowedSources: full.allowedSources, gateway: { tokne: "secret-token-value", allowedOrigins: ["http://localhost:3000"] } }
+      const fileTypo = yield* Effect.flip(decodeFile(typo))
+      assert.deepStrictEqual(fileTypo.problems, ["gateway.tokne: not a known field"])
+      for (const provider of [ConfigProvider.fromJson(typo), ConfigProvider.fromMap(new Map(flat(typo)), { pathDelim: ".", seqDelim: "," })]) {
+        const exit = yield* Effect.exit(Effect.withConfigProvider(readConfig, provider))
+        assert.isTrue(Exit.isFailure(exit))
+        const text = Exit.isFailure(exit) ? Cause.pretty(exit.cause) : ""
+        assert.include(text, "gateway.tokne")
+        assert.notInclude(text, "secret-token-value")
+      }
+      // Top-level keys are not checked (an environment holds every variable of the process), and a
+      // full config passes.
+      yield* Effect.withConfigProvider(readConfig, ConfigProvider.fromJson({ ...full, PATH: "/usr/bin" }))
+    }))
+
+  it.effect("an empty list reads as empty both ways", () =>
+    Effect.gen(function*() {
+      const json = { model: MODEL, allowedSources: full.allowedSources, gateway: { allowedOrigins: [] }, runtime: { envAllowlist: [] }, download: { caFiles: [] } }
+      const fromFile = yield* decodeFile(json)
+      const fromJson = yield* fromProvider(ConfigProvider.fromJson(json))
+      const fromMap = yield* fromProvider(ConfigProvider.fromMap(new Map([...flat({ model: MODEL }), ["allowedSources", full.allowedSources.join(",")], ["gateway.allowedOrigins", ""], ["runtime.envAllowlist", ""]]), { pathDelim: ".", seqDelim: "," }))
+      for (const config of [fromFile, fromJson, fromMap]) {
+        assert.deepStrictEqual(config.gateway.allowedOrigins, [])
+        assert.deepStrictEqual(config.runtime.envAllowlist, [])
+      }
+      assert.deepStrictEqual(fromJson.download.caFiles, [])
     }))
 })
 
