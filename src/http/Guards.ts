@@ -7,8 +7,10 @@
  *    calls, and no site is trusted unless named.
  * 3. When a token is configured, `Authorization: Bearer <token>` on every route but `/health`
  *    (401), compared in constant time.
- * 4. The path is taken literally: the router would decode `%6d` into `m`, so a path with an escape
- *    in it is no route here (404), and every route has exactly one spelling.
+ * 4. Only `GET` and `POST`, and a plain path: letters, digits, `.`, `_`, `-` and `/`, then an
+ *    optional query. The router would serve `HEAD` as `GET`, decode `%6d` into `m`, ignore what
+ *    follows `;` or `#`, and take an absolute URL for its path; here each of those is no route
+ *    (404), so every route has exactly one spelling.
  */
 import { type HttpApp, HttpServerRequest } from "@effect/platform"
 import { Effect, Option, Redacted } from "effect"
@@ -31,6 +33,9 @@ const sameToken = (given: string, expected: string) => {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
+const PLAIN_PATH = /^\/[A-Za-z0-9._\/-]*$/
+const METHODS = new Set(["GET", "POST"])
+
 const pathOf = (url: string) => {
   const query = url.indexOf("?")
   return query === -1 ? url : url.slice(0, query)
@@ -49,6 +54,6 @@ export const guards = (options: GuardOptions) =>
       const given = /^Bearer (.+)$/.exec(request.headers["authorization"] ?? "")?.[1]
       if (given === undefined || !sameToken(given, Redacted.value(options.token.value))) return refuse("unauthorized")
     }
-    if (pathOf(request.url).includes("%")) return refuse("not_found")
+    if (!METHODS.has(request.method) || !PLAIN_PATH.test(pathOf(request.url))) return refuse("not_found")
     return app
   })

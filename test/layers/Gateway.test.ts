@@ -21,12 +21,14 @@ describe("Gateway (in-memory manager, real socket)", () => {
         ["GET", "/v1/models/../../etc/passwd"], ["PUT", "/v1/chat/completions"], ["GET", "/HEALTH"],
         // Exact matches only: no other spelling of a route reaches it.
         ["GET", "/health/"], ["GET", "//health"], ["GET", "/v1/%6dodels"], ["POST", "/v1/chat//completions"],
-        ["POST", "/V1/completions"], ["GET", "/v1/models/"]
+        ["POST", "/V1/completions"], ["GET", "/v1/models/"], ["HEAD", "/health"], ["HEAD", "/v1/models"],
+        ["GET", "/v1/models;x"], ["GET", "/health;x"], ["GET", "/v1/models#x"], ["OPTIONS", "/v1/models"],
+        ["GET", "http://127.0.0.1/v1/models"]
       ]
       for (const [method, path] of probes) {
         const answer = yield* call(port, { method, path })
         assert.strictEqual(answer.status, 404, `${method} ${path}`)
-        assert.strictEqual(errorType(answer), "not_found")
+        if (method !== "HEAD") assert.strictEqual(errorType(answer), "not_found")
         assert.notInclude(answer.text, path.slice(1) || "/ ")
       }
     }).pipe(Effect.provide(gateway())))
