@@ -24,7 +24,7 @@ interface Inode {
 
 type Node =
   | { readonly _tag: "file"; readonly inode: Inode }
-  | { readonly _tag: "directory"; mode: number }
+  | { readonly _tag: "directory"; mode: number; readonly ino: number }
   | { readonly _tag: "link"; readonly target: string }
   | { readonly _tag: "other" }
 
@@ -58,7 +58,7 @@ const unsupported = (method: string) => () => Effect.die(new Error(`MemoryFileSy
 const MAX_LINKS = 40
 
 const make = () => {
-  const nodes = new Map<string, Node>([["/", { _tag: "directory", mode: 0o755 }]])
+  const nodes = new Map<string, Node>([["/", { _tag: "directory", mode: 0o755, ino: 0 }]])
   const descriptors = new Map<number, Inode>()
   const broken = new Set<FaultPoint>()
   let syncs = 0
@@ -139,6 +139,23 @@ const make = () => {
   /** Remove `path` itself (and, for a directory, everything below it). */
   const removeTree = (path: string) => {
     for (const key of [...nodes.keys()]) if (key === path || key.startsWith(`${path}/`)) unname(key)
+  }
+
+  /**
+   * `mkdir -p` as the kernel does it: each directory is made inside its parent as resolved through
+   * links; false when something that is not a directory (a dangling link included) is in the way.
+   */
+  const mkdirp = (path: string, mode: number): boolean => {
+    const resolved = resolve(path, true)
+    if (resolved !== undefined && nodes.get(resolved)?._tag === "directory") return true
+    const parentPath = posix.dirname(path)
+    if (parentPath !== path && !mkdirp(parentPath, mode)) return false
+    const parent = resolve(parentPath, true)
+    if (parent === undefined) return false
+    const name = posix.join(parent, posix.basename(path))
+    if (nodes.has(name)) return nodes.get(name)?._tag === "directory"
+    nodes.set(name, { _tag: "directory", mode, ino: nextIno++ })
+    return true
   }
 
   const openDescriptor = (inode: Inode) => {
@@ -269,11 +286,8 @@ const make = () => {
           return options?.recursive ? Effect.void : Effect.fail(systemError("AlreadyExists", "makeDirectory", p))
         }
         if (existing !== undefined) return Effect.fail(systemError("AlreadyExists", "makeDirectory", p))
-        if (!options?.recursive && !parentIsDirectory(path)) return Effect.fail(systemError("NotFound", "makeDirectory", p))
-        const missing: Array<string> = []
-        for (let d = path; !nodes.has(d); d = posix.dirname(d)) missing.push(d)
-        for (const d of missing.reverse()) nodes.set(d, { _tag: "directory", mode: options?.mode ?? 0o755 })
-        return Effect.void
+        if (!options?.recursive && resolve(posix.dirname(path), true) === undefined) return Effect.fail(systemError("NotFound", "makeDirectory", p))
+        return mkdirp(path, options?.mode ?? 0o755) ? Effect.void : Effect.fail(systemError("AlreadyExists", "makeDirectory", p))
       }),
     open: (p, options) => openFile(p, options?.flag ?? "r", options?.mode ?? 0o666),
     readDirectory: (p) =>
@@ -422,10 +436,14 @@ const make = () => {
     entry: (p) =>
       Effect.gen(function*() {
         yield* storeGuard("stat")
-        const { node } = lastComponent(p)
+        // `<dir>/.` names the directory itself, reached through a link as lstat does.
+        const followed = p.endsWith("/.") ? resolve(p.slice(0, -2), true) : undefined
+        const { node } = followed !== undefined ? { node: nodes.get(followed) } : lastComponent(p)
         if (node === undefined) return Option.none()
         const kind: Entry["kind"] = node._tag
-        const id = node._tag === "file" ? identity(node.inode) : { device: "memory", inode: `${node._tag}:${p}`, size: 0, mtime: "0", ctime: "0" }
+        const id = node._tag === "file"
+          ? identity(node.inode)
+          : { device: "memory", inode: node._tag === "directory" ? String(node.ino) : `${node._tag}:${p}`, size: 0, mtime: "0", ctime: "0" }
         const mode = node._tag === "file" ? node.inode.mode : node._tag === "directory" ? node.mode : 0o777
         return Option.some<Entry>({ kind, identity: id, private: (mode & 0o022) === 0 })
       }),

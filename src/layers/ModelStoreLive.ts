@@ -113,13 +113,15 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
   /**
    * The store and its partial directory exist, are directories, and are private (owned by this
    * user, writable by no one else): a store others can write is no place to verify a model in.
-   * The store itself may be a link the user made; the partial directory may not. Returns the
-   * partial directory's identity, checked again before anything leaves it.
+   * The store itself may be a link the user made (its target must be private); the partial
+   * directory may not. Returns the partial directory's identity, checked again before anything
+   * leaves it.
    */
   const prepareDirectories = Effect.gen(function*() {
     yield* files.makeDirectory(options.storeDir)
-    const store = yield* files.entry(options.storeDir)
-    if (Option.exists(store, (e) => e.kind === "directory" && !e.private)) return yield* storeFailure("store_not_private")
+    // `<store>/.` is the directory itself, reached through the link if the store is one.
+    const store = yield* files.entry(`${options.storeDir}/.`)
+    if (!Option.exists(store, (e) => e.kind === "directory" && e.private)) return yield* storeFailure("store_not_private")
     const entry = yield* files.entry(partialDir)
     if (Option.isSome(entry) && entry.value.kind !== "directory") yield* files.remove(partialDir)
     yield* files.makeDirectory(partialDir)
@@ -298,10 +300,11 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
         Effect.retry(downloadRetry),
         Effect.tapError(() => Effect.ignore(files.remove(partial)))
       )
+      // Still the one writer, in the directory prepared: or nothing is promoted. Then the partial
+      // file is not this writer's to remove (it is the new holder's, or in a directory not ours).
+      if (!(yield* held.lock.stillHeld)) return yield* storeFailure("store_locked")
+      yield* samePartialDirectory(held.partialDirectory)
       yield* Effect.gen(function*() {
-        // Still the one writer, in the directory prepared: or nothing is promoted.
-        if (!(yield* held.lock.stillHeld)) return yield* storeFailure("store_locked")
-        yield* samePartialDirectory(held.partialDirectory)
         // A link or directory that appeared at the final path is removed, not renamed over or into.
         yield* regularFileAt(target)
         yield* Effect.mapError(files.syncDirectory(partialDir), io)

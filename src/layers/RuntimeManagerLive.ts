@@ -212,9 +212,11 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       const requests = yield* Scope.extend(FiberSet.make<unknown, unknown>(), scope)
       const observation = yield* Cache.make<void, ResourcePolicy.ResourceObservation, ResourceStatError>({
         capacity: 1,
-        // Bounded: a hung `nvidia-smi` must not hold every request. (It runs in a fiber of its own, see `observe`.)
+        // Bounded: a hung `nvidia-smi` must not hold every request. Disconnected, so the timeout
+        // answers at once instead of waiting for a probe that will not stop. (The lookup runs in a
+        // fiber of its own, see `observe`.)
         lookup: () =>
-          stat.observe(handle).pipe(
+          Effect.disconnect(stat.observe(handle)).pipe(
             Effect.timeoutFail({ duration: config.health.probeTimeout, onTimeout: () => new ResourceStatError({ reason: "stat_failed" }) })
           ),
         timeToLive: config.maxObservationAge

@@ -190,6 +190,18 @@ for (const backend of backends) {
         yield* endsVerified
       }).pipe(Effect.provide(backend.layer)))
 
+    it.scoped("the store itself a link to a directory others can write: store_not_private; private, it is used", () =>
+      Effect.gen(function*() {
+        const { fs, paths } = yield* setUp
+        yield* fs.remove(paths.store, { recursive: true })
+        yield* fs.makeDirectory(`${paths.outside}/shared`, { recursive: true })
+        yield* fs.chmod(`${paths.outside}/shared`, 0o777)
+        yield* fs.symlink(`${paths.outside}/shared`, paths.store)
+        yield* expectFailure(Effect.scoped(Effect.flatMap(ModelStore, (store) => store.ensure(spec, source))), "ModelStoreError", "store_not_private")
+        yield* fs.chmod(`${paths.outside}/shared`, 0o700)
+        yield* endsVerified
+      }).pipe(Effect.provide(backend.layer)))
+
     it.scoped("a descriptor closed with its scope is no verified model any more: the spawner's check refuses it", () =>
       Effect.gen(function*() {
         yield* setUp

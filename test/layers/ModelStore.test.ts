@@ -435,6 +435,17 @@ describe("store lock (in memory, with a scripted process table)", () => {
       assert.strictEqual(Buffer.from((yield* memory.files).get("/elsewhere/precious") ?? []).toString(), `${OTHER} 0a1b-2c\n`)
     }).pipe(Effect.provide(storeLayer())))
 
+  it.effect("a directory with something in it at the lock's path is moved aside and blocks nobody", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      yield* (yield* DownloaderControl).serve(SOURCE, MODEL)
+      yield* fs.makeDirectory(`${LOCK}/inside`, { recursive: true })
+      const fiber = yield* Effect.fork(ensure())
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(fiber)).sha256, SPEC.sha256)
+      assert.isFalse((yield* lockEntries).includes(LOCK))
+    }).pipe(Effect.provide(storeLayer())))
+
   it.effect("releases its lock when the download fails", () =>
     Effect.gen(function*() {
       const downloader = yield* DownloaderControl

@@ -100,7 +100,8 @@ const acquire = (files: Files, lockPath: string, options: StoreLockOptions, mine
         yield* Effect.ignore(files.remove(aside))
         return "busy"
       }
-      yield* files.remove(aside).pipe(Effect.mapError(ioFailed))
+      // A directory with something in it stays where it was moved: aside, it blocks nobody.
+      yield* Effect.ignore(files.remove(aside))
       return "again"
     }))
 
