@@ -367,10 +367,13 @@ export const CompanionConfig: Config.Config<CompanionConfig> = Config.mapOrFail(
 )
 
 /**
- * `CompanionConfig`, and a section key the schema does not know refused as the file decoder
- * refuses it: a `gateway.tokne` in an environment must not leave the gateway without its token.
- * (Top-level keys are not checked: an environment holds every variable of the process.) What the
- * layers read.
+ * `CompanionConfig`, and a key inside a section that the schema does not know refused, as the file
+ * decoder refuses it: a `gateway.tokne` must not leave the gateway without its token. What the
+ * layers read. Checked where the provider can list a section's keys as they are written (JSON, a
+ * map, a provider of the app's own). Not checked: top-level keys (an environment holds every
+ * variable of the process); Effect's environment provider, which lists names upper-cased (so
+ * `GATEWAY_INTERFACE`, never read as config, could not be told from a misspelt key); and providers
+ * whose paths are rewritten (`nested`, `constantCase`).
  */
 export const readConfig: Effect.Effect<CompanionConfig, ConfigError.ConfigError> = Effect.gen(function*() {
   const sections = encodedStruct().propertySignatures.flatMap((p) => {
@@ -378,15 +381,17 @@ export const readConfig: Effect.Effect<CompanionConfig, ConfigError.ConfigError>
     return type === undefined ? [] : [[String(p.name), new Set(type.propertySignatures.map((q) => String(q.name)))] as const]
   })
   const problems = yield* Effect.configProviderWith((provider) =>
-    Effect.forEach(sections, ([section, known]) =>
-      Effect.map(
-        Effect.orElseSucceed(provider.flattened.enumerateChildren([section]), () => HashSet.empty<string>()),
-        (children) =>
-          // A list's items are children named `key[0]`, `key[1]`, ...: each is its key.
-          [...new Set([...children].map((child) => child.replace(/\[\d+\]$/, "")))]
-            .filter((child) => !known.has(child))
-            .map((child): Problem => ({ path: [section, child], text: "not a known field" }))
-      ))
+    provider.flattened.patch._tag !== "Empty"
+      ? Effect.succeed([])
+      : Effect.forEach(sections, ([section, known]) =>
+        Effect.map(
+          Effect.orElseSucceed(provider.flattened.enumerateChildren([section]), () => HashSet.empty<string>()),
+          (children) =>
+            // A list's items are children named `key[0]`, `key[1]`, ...: each is its key.
+            [...new Set([...children].map((child) => child.replace(/\[\d+\]$/, "")))]
+              .filter((child) => !known.has(child))
+              .map((child): Problem => ({ path: [section, child], text: "not a known field" }))
+        ))
   )
   const unknown = problems.flat()
   if (unknown.length > 0) return yield* Effect.fail(toConfigError(unknown))

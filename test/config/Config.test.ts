@@ -161,9 +161,10 @@ describe("one configuration", () => {
         assert.include(text, "gateway.tokne")
         assert.notInclude(text, "secret-token-value")
       }
-      // Top-level keys are not checked (an environment holds every variable of the process), and a
-      // full config passes.
+      // Top-level keys are not checked (an environment holds every variable of the process), a full
+      // config passes, and so does one under a rewritten path (not checked there).
       yield* Effect.withConfigProvider(readConfig, ConfigProvider.fromJson({ ...full, PATH: "/usr/bin" }))
+      yield* Effect.withConfigProvider(readConfig, ConfigProvider.nested(ConfigProvider.fromJson({ companion: full }), "companion"))
     }))
 
   it.effect("an empty list reads as empty both ways", () =>
