@@ -120,9 +120,10 @@ candidates, a bare resolved promise for p-limit).
 ${row(1, "uncontended (1 caller)")}
 ${row(CONTENDERS, `${CONTENDERS} contenders`)}
 
-The manager's gate does more than a semaphore: the lifecycle check, the domain's admission
-arithmetic in one atomic state update, a FIFO hand-over, a resource observation (cached here), a
-watch on the runtime's exit (one child fiber per request) and metrics. p-limit is a promise
+The manager's gate does more than a semaphore: the domain's gate (circuit, lifecycle, admission)
+in one atomic state update, a FIFO hand-over, a resource observation (a \`Cache\` hit here), the
+request run in its runtime's \`FiberSet\` (one fiber per request, so a dying runtime can fail it
+typed) and metrics. p-limit is a promise
 counter and sits on the microtask queue, which Effect's fiber runtime cannot match; the Effect
 semaphore column shows the cost of a bare gate in the same runtime. The absolute overhead is what
 matters: a local completion takes milliseconds to seconds, so tens of microseconds are under 1 %.

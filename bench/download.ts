@@ -138,8 +138,8 @@ writeSection(
 
 ${machine()}. HTTPS origin on 127.0.0.1 in its own process; each download in a fresh process;
 ${ROUNDS} rounds per size, variants rotated; medians (MB/s = 10⁶ bytes/s) and the highest peak RSS.
-ensureModel verifies size and SHA-256 while streaming, writes mode 0600, fsyncs file and directories
-and renames; plain pipes the body to a file and nothing else; then-hash is plain plus a second
+ensureModel (\`ModelStore.ensure\`) verifies size and SHA-256 while streaming, writes mode 0600, fsyncs
+file and directories and renames; plain pipes the body to a file and nothing else; then-hash is plain plus a second
 SHA-256 pass over the file.
 
 | size | ensureModel MB/s | plain MB/s | then-hash MB/s | ensureModel ÷ plain (speed) | ensureModel ÷ then-hash (speed) | peak RSS MiB (ensure / plain / then-hash) | growth during the download, MiB | RSS before, MiB | client CPU ms |

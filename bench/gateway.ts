@@ -224,8 +224,8 @@ if (baseline !== undefined) {
 ## bench:gateway, before and after — ${today()}
 
 Machine: ${machine()}. \`BENCH_BASELINE=<checkout> npm run bench:gateway\`: this tree's gateway and
-${label}'s, each in its own process in front of its own llama-server (same binary, model and
-flags), measured in the same rotation with their direct runtimes: ${ROUNDS} rounds × ${PER_BATCH}
+the gateway of ${label}, each in its own process in front of its own llama-server (same binary,
+model and flags), measured in the same rotation with their direct runtimes: ${ROUNDS} rounds × ${PER_BATCH}
 completions per target and concurrency. Ratios are per round, then the median; CPU / request is
 each server process's CPU during its gateway batches less its CPU during its direct batches
 (/proc tick resolution: about 33 µs per request at ${PER_BATCH} requests). Five targets share 2 cores
