@@ -76,10 +76,6 @@ type Stored =
 
 const absent: Stored = { _tag: "absent" }
 
-const verifiedAs = (spec: Integrity.ModelSpec, file: StoreFile, identity: FileIdentity): Stored => ({
-  _tag: "verified",
-  model: VerifiedModels.mint(spec, identity, file)
-})
 const io = (e: StoreFileError) => storeFailure(e.reason === "not_a_file" ? "entry_replaced" : "io_failed")
 
 export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOptions) {
@@ -165,9 +161,11 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
       const local = yield* Scope.fork(scope, ExecutionStrategy.sequential)
       const found: Stored = yield* Effect.gen(function*() {
         const file = yield* Scope.extend(files.openRead(target), local)
+        const verifiedAs = (identity: FileIdentity) =>
+          Effect.map(VerifiedModels.mintIn(local, spec, identity, file), (model): Stored => ({ _tag: "verified", model }))
         const before = yield* file.identity
         const known = verified.get(spec.sha256)
-        if (known !== undefined && sameVersion(known, before)) return verifiedAs(spec, file, before)
+        if (known !== undefined && sameVersion(known, before)) return yield* verifiedAs(before)
         if (!mayHash) return absent
         // At most one byte past the spec is read: a longer file fails there.
         const verifier = Integrity.makeVerifier(spec)
@@ -178,7 +176,7 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
         // Written while it was read: what was hashed is not what is there.
         if (!sameVersion(before, after)) return { _tag: "refused", error: storeFailure("model_changed") } satisfies Stored
         verified.set(spec.sha256, after)
-        return verifiedAs(spec, file, after)
+        return yield* verifiedAs(after)
       }).pipe(
         Effect.catchTag("StoreFileError", (e) =>
           // Swapped for a link or a special file between the look and the open: not the model.
@@ -187,8 +185,7 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
         Effect.catchTag("IntegrityError", (error) => Effect.succeed<Stored>({ _tag: "refused", error })),
         Effect.tap((result) =>
           result._tag === "verified"
-            // Registered after the descriptor's close, so it runs first: a model is never "verified" with a closed descriptor.
-            ? Scope.addFinalizer(local, Effect.sync(() => VerifiedModels.revoke(result.model)))
+            ? Effect.void
             : Effect.zipRight(
               Scope.close(local, Exit.void),
               result._tag === "refused"
@@ -321,9 +318,7 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
           return yield* storeFailure("entry_replaced")
         }
         verified.set(spec.sha256, identity)
-        const model = VerifiedModels.mint(spec, identity, file)
-        yield* Scope.addFinalizer(local, Effect.sync(() => VerifiedModels.revoke(model)))
-        return model
+        return yield* VerifiedModels.mintIn(local, spec, identity, file)
       }).pipe(Effect.onError(() => Scope.close(local, Exit.void)))
     })
 

@@ -4,7 +4,7 @@
  * `stillVerified` before they hand anything to a runtime.
  * The registry also keeps, for `ModelStore.confirm`, the open file and its identity at verification.
  */
-import { Effect } from "effect"
+import { Effect, Scope } from "effect"
 import type { Sha256Hex } from "../../domain/Integrity.js"
 import type { VerifiedModel } from "../../services/ModelStore.js"
 import { type FileIdentity, type StoreFile, sameVersion } from "../../services/StoreFileSystem.js"
@@ -16,7 +16,7 @@ interface Record {
 
 const minted = new WeakMap<object, Record>()
 
-export const mint = (
+const mint = (
   fields: { readonly sha256: Sha256Hex; readonly sizeBytes: number },
   identity: FileIdentity,
   file: StoreFile
@@ -40,8 +40,21 @@ export const stillVerified = (model: unknown): Effect.Effect<boolean> =>
       : Effect.orElseSucceed(Effect.map(record.file.identity, (now) => sameVersion(now, record.identity)), () => false)
   })
 
-/** The model's descriptor is about to close: from now on it is no verified model (its number may be reused). */
-export const revoke = (model: VerifiedModel): void => void minted.delete(model)
+/**
+ * Mint a model whose descriptor closes with `scope`, and revoke it just before: a model is never
+ * "verified" with a closed descriptor, whose number another file may take. The descriptor's close
+ * was registered in `scope` first, so this finalizer runs before it.
+ */
+export const mintIn = (
+  scope: Scope.Scope,
+  fields: { readonly sha256: Sha256Hex; readonly sizeBytes: number },
+  identity: FileIdentity,
+  file: StoreFile
+): Effect.Effect<VerifiedModel> =>
+  Effect.suspend(() => {
+    const model = mint(fields, identity, file)
+    return Effect.as(Scope.addFinalizer(scope, Effect.sync(() => void minted.delete(model))), model)
+  })
 
 /** The open file behind a model and its identity when it was verified. */
 export const recordOf = (model: VerifiedModel): Record | undefined => minted.get(model)
