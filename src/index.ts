@@ -4,27 +4,8 @@
  * world, `*Test` in memory), and the gateway (`src/http`).
  */
 
-// Pure decisions
-export * as Admission from "./domain/Admission.js"
-export * as Circuit from "./domain/Circuit.js"
-export {
-  AdmissionError,
-  type AdmissionReason,
-  CircuitOpenError,
-  type DomainError,
-  type DomainReason,
-  IntegrityError,
-  type IntegrityReason,
-  LifecycleError,
-  type LifecycleReason,
-  type Refusal,
-  ResourceError,
-  type ResourceReason
-} from "./domain/Errors.js"
-export * as Integrity from "./domain/Integrity.js"
-export * as Lifecycle from "./domain/Lifecycle.js"
-export * as RequestGate from "./domain/RequestGate.js"
-export * as ResourcePolicy from "./domain/ResourcePolicy.js"
+// Pure decisions (also `companion-runtime/domain`)
+export * from "./domain/index.js"
 
 // The configuration: one schema, for the file and for Config
 export * as CompanionConfig from "./config/Config.js"
@@ -48,7 +29,8 @@ export {
 export * from "./services/Spawner.js"
 export { type Entry, type EntryKind, type FileIdentity, type StoreFile, StoreFileSystem } from "./services/StoreFileSystem.js"
 
-// Layers: live (the real world) and Test (in memory, each with a control service)
+// Layers: live (the real world) and Test (in memory, each with a control service; the Test ones
+// are also `companion-runtime/testing`)
 export * as DownloaderLive from "./layers/DownloaderLive.js"
 export * as DownloaderTest from "./layers/DownloaderTest.js"
 export * as HealthProbeLive from "./layers/HealthProbeLive.js"
@@ -65,5 +47,5 @@ export * as SpawnerTest from "./layers/SpawnerTest.js"
 export * as StoreFileSystemLive from "./layers/StoreFileSystemLive.js"
 export * as TestLayers from "./layers/TestLayers.js"
 
-// The gateway
-export * as Gateway from "./http/Gateway.js"
+// The gateway (also `companion-runtime/http`)
+export * from "./http/index.js"

@@ -48,7 +48,10 @@ export const reasonLiterals = <M extends Record<string, string>>(messages: M) =>
  * A `Schema.TaggedError` whose only field is a `reason` from `messages`, and whose message is that
  * reason's fixed text. Every error of this project that carries nothing else is made here.
  */
-export const ReasonError = <const Tag extends string, const M extends Record<string, string>>(tag: Tag, messages: M) =>
+export const ReasonError = <const Tag extends string, const M extends Record<string, string>>(
+  tag: Tag,
+  messages: M
+): ReasonErrorClass<Tag, M> =>
   class extends Schema.TaggedError<{ readonly _tag: Tag; readonly reason: keyof M & string }>(`companion-runtime/${tag}`)(
     tag,
     { reason: Schema.Literal(...reasonLiterals(messages)) }
@@ -57,6 +60,13 @@ export const ReasonError = <const Tag extends string, const M extends Record<str
       return messages[this.reason] as string
     }
   }
+
+/** What `ReasonError` returns, spelled out so the declaration files can name it. */
+export type ReasonErrorClass<Tag extends string, M extends Record<string, string>> = Schema.TaggedErrorClass<
+  { readonly _tag: Tag; readonly reason: keyof M & string },
+  Tag,
+  { readonly _tag: Schema.tag<Tag>; readonly reason: Schema.Literal<readonly [keyof M & string, ...Array<keyof M & string>]> }
+>
 
 export class IntegrityError extends ReasonError("IntegrityError", integrityMessages) {}
 export class LifecycleError extends ReasonError("LifecycleError", lifecycleMessages) {}

@@ -1,0 +1,24 @@
+/**
+ * `companion-runtime/domain`: the pure decisions alone (integrity, lifecycle, admission, resource
+ * policy, the restart circuit, the request gate) and their typed errors. No I/O, no services.
+ */
+export * as Admission from "./Admission.js"
+export * as Circuit from "./Circuit.js"
+export {
+  AdmissionError,
+  type AdmissionReason,
+  CircuitOpenError,
+  type DomainError,
+  type DomainReason,
+  IntegrityError,
+  type IntegrityReason,
+  LifecycleError,
+  type LifecycleReason,
+  type Refusal,
+  ResourceError,
+  type ResourceReason
+} from "./Errors.js"
+export * as Integrity from "./Integrity.js"
+export * as Lifecycle from "./Lifecycle.js"
+export * as RequestGate from "./RequestGate.js"
+export * as ResourcePolicy from "./ResourcePolicy.js"
