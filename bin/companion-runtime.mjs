@@ -1,7 +1,6 @@
 #!/usr/bin/env node
-// The `companion-runtime` command. The sources are TypeScript run through tsx; there is no build step.
-import { register } from "tsx/esm/api"
+// The `companion-runtime` command: the compiled JavaScript in dist/ (`npm run build`, run by
+// `prepare` on install). No TypeScript loader at run time.
+import { run } from "../dist/cli/main.js"
 
-register()
-process.argv[1] = "companion-runtime"
-await import("../src/cli/main.ts")
+run(process.argv)

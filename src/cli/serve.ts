@@ -1,0 +1,97 @@
+/**
+ * `companion-runtime serve` and `pull`: read the config file, then run the live stack (serve) or the
+ * store alone (pull). Imported only when one of them runs.
+ */
+import { createServer } from "node:http"
+import { FileSystem, HttpServer } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Console, Effect, Layer, Stream } from "effect"
+import { type CompanionConfig, ConfigFileError, parseFile } from "../config/Config.js"
+import * as Gateway from "../http/Gateway.js"
+import * as LiveLayers from "../layers/LiveLayers.js"
+import { ModelStore } from "../services/ModelStore.js"
+import { RuntimeManager } from "../services/RuntimeManager.js"
+
+const elapsed = (since: number) => `${Math.round(performance.now() - since)} ms`
+
+/** Read and validate the config file: one schema, every problem named by field, never by value. */
+const load = (path: string) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    Effect.flatMap(
+      Effect.mapError(fs.readFileString(path), () => new ConfigFileError({ reason: "unreadable", problems: [] })),
+      parseFile
+    ))
+
+/** The live stack and the gateway, configured from the file. */
+const serverLayer = (config: CompanionConfig) =>
+  Gateway.layer(Gateway.optionsFrom(config)).pipe(
+    Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: config.gateway.port, host: "127.0.0.1" })),
+    Layer.provideMerge(LiveLayers.layerFrom(config))
+  )
+
+export const serve = (file: string) =>
+  Effect.gen(function*() {
+    const config = yield* load(file)
+    yield* Effect.gen(function*() {
+      const manager = yield* RuntimeManager
+      const store = yield* ModelStore
+      const server = yield* HttpServer.HttpServer
+      const t0 = performance.now()
+      // Verified here once; the start below finds the same file unchanged and does not read it again.
+      yield* Effect.scoped(store.ensure(config.model.spec, config.model.source))
+      yield* Console.log(`model verified in ${elapsed(t0)}`)
+      const t1 = performance.now()
+      yield* manager.start
+      yield* Console.log(`runtime ready in ${elapsed(t1)}`)
+      const address = server.address
+      yield* Console.log(`gateway listening on http://127.0.0.1:${address._tag === "TcpAddress" ? address.port : 0}`)
+      return yield* Effect.never
+    }).pipe(
+      Effect.onInterrupt(() =>
+        Effect.flatMap(RuntimeManager, (manager) =>
+          Console.log("draining").pipe(
+            Effect.zipRight(Effect.ignore(manager.drain("30 seconds"))),
+            Effect.zipRight(Console.log("stopped"))
+          ))
+      ),
+      Effect.provide(serverLayer(config))
+    )
+  })
+
+const bar = (received: number, expected: number, startedAt: number) => {
+  const seconds = Math.max(0.001, (performance.now() - startedAt) / 1000)
+  const rate = received / seconds
+  const eta = rate > 0 ? Math.round((expected - received) / rate) : 0
+  const done = expected > 0 ? received / expected : 1
+  const width = 30
+  const filled = Math.round(done * width)
+  const mib = (n: number) => (n / 1024 / 1024).toFixed(1)
+  return `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${mib(received)}/${mib(expected)} MiB ${mib(rate)} MiB/s ETA ${eta}s`
+}
+
+export const pull = (file: string) =>
+  Effect.gen(function*() {
+    const config = yield* load(file)
+    const tty = process.stdout.isTTY === true
+    const t0 = performance.now()
+    let lastLine = 0
+    yield* Effect.gen(function*() {
+      const store = yield* ModelStore
+      yield* store.progress.pipe(
+        Stream.runForEach(({ expectedBytes, receivedBytes }) =>
+          Effect.sync(() => {
+            const now = performance.now()
+            if (tty) process.stdout.write(`\r${bar(receivedBytes, expectedBytes, t0)}`)
+            else if (now - lastLine > 1000 || receivedBytes === expectedBytes) {
+              lastLine = now
+              process.stdout.write(`${bar(receivedBytes, expectedBytes, t0)}\n`)
+            }
+          })
+        ),
+        Effect.forkScoped
+      )
+      yield* store.ensure(config.model.spec, config.model.source)
+      if (tty) process.stdout.write("\n")
+      yield* Console.log(`model verified in ${elapsed(t0)}`)
+    }).pipe(Effect.scoped, Effect.provide(LiveLayers.storeFrom(config)))
+  })
