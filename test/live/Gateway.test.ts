@@ -175,8 +175,9 @@ describe("live: gateway in front of llama-server", () => {
     }).pipe(Effect.provide(stack())), 120_000)
   it.live("the README's embedding example, verbatim: serves a completion from its config", () =>
     Effect.gen(function*() {
-      const readme = readFileSync(join(import.meta.dirname, "../../README.md"), "utf8")
-      const block = /## Embedding\n\n```ts\n([\s\S]*?)```/.exec(readme)?.[1]
+      // The README's block is the consumer app's file (test/consumer/Package.test.ts checks that);
+      // this is the same file importing the sources instead of the package.
+      const block = readFileSync(join(import.meta.dirname, "../consumer/fixture/src/embedding.ts"), "utf8")
       const fixture = readFileSync(join(import.meta.dirname, "fixtures/readme-embedding.ts"), "utf8")
       assert.strictEqual(block, fixture.replace("\"../../../src/index.js\"", "\"companion-runtime\""))
       yield* Effect.gen(function*() {
