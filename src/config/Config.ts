@@ -87,18 +87,44 @@ const section = <Fields extends Schema.Struct.Fields>(fields: Fields) => {
   return Schema.optionalWith(struct, { default: () => defaults, exact: true })
 }
 
-/** `{ sha256, sizeBytes, source }` in the file; a checked `ModelSpec` and a parsed URL once decoded. */
+/** What the runtime calls the model (`--alias`), the only name a client sees: no path, no digest. */
+export const ModelName = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/))
+  .annotations({ identifier: "a model name: a letter or digit, then letters, digits, '.', '_', ':' or '-' (at most 64)" })
+
+/**
+ * The default model name: the source URL's file name without its extension
+ * (`…/Qwen3.5-0.8B-Q4_K_M.gguf` → `Qwen3.5-0.8B-Q4_K_M`), other characters made `-`; `model` when
+ * nothing is left.
+ */
+export const nameFrom = (source: URL): string => {
+  const file = source.pathname.slice(source.pathname.lastIndexOf("/") + 1)
+  let decoded = file
+  try {
+    decoded = decodeURIComponent(file)
+  } catch {
+    // an invalid escape: keep the file name as written
+  }
+  const dot = decoded.lastIndexOf(".")
+  const stem = (dot > 0 ? decoded.slice(0, dot) : decoded).replace(/[^A-Za-z0-9._:-]/g, "-").replace(/^[^A-Za-z0-9]+/, "").slice(0, 64)
+  return stem === "" ? "model" : stem
+}
+
+/** `{ sha256, sizeBytes, source, name? }` in the file; a checked `ModelSpec`, a parsed URL and a name once decoded. */
 const ModelEntry = Schema.transform(
   Schema.Struct({
     sha256: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)).annotations({ identifier: "64 lowercase hex digits" }),
     sizeBytes: Integrity.SizeBytes.annotations({ identifier: "a positive integer" }),
-    source: Schema.String.pipe(Schema.filter((s) => URL.canParse(s))).annotations({ identifier: "an https URL" })
+    source: Schema.String.pipe(Schema.filter((s) => URL.canParse(s))).annotations({ identifier: "an https URL" }),
+    name: Schema.optionalWith(ModelName, { exact: true })
   }),
-  Schema.Struct({ spec: Schema.typeSchema(Integrity.ModelSpec), source: Schema.URLFromSelf }),
+  Schema.Struct({ spec: Schema.typeSchema(Integrity.ModelSpec), source: Schema.URLFromSelf, name: Schema.String }),
   {
     strict: true,
-    decode: ({ sha256, sizeBytes, source }) => ({ spec: Integrity.ModelSpec.make({ sha256: sha256 as Integrity.Sha256Hex, sizeBytes }), source: new URL(source) }),
-    encode: ({ source, spec }) => ({ sha256: spec.sha256, sizeBytes: spec.sizeBytes, source: source.href })
+    decode: ({ name, sha256, sizeBytes, source }) => {
+      const url = new URL(source)
+      return { spec: Integrity.ModelSpec.make({ sha256: sha256 as Integrity.Sha256Hex, sizeBytes }), source: url, name: name ?? nameFrom(url) }
+    },
+    encode: ({ name, source, spec }) => ({ sha256: spec.sha256, sizeBytes: spec.sizeBytes, source: source.href, name })
   }
 )
 
@@ -155,6 +181,9 @@ export const CompanionConfigSchema = Schema.Struct({
     lockWait: withDefault(PositiveDuration, Duration.minutes(15)),
     connectTimeout: withDefault(PositiveDuration, Duration.seconds(10)),
     stallTimeout: withDefault(PositiveDuration, Duration.seconds(30)),
+    /** Bytes per second a download must average over `rateWindow`, or it fails as `download_too_slow`; 0 is off. */
+    minRate: withDefault(NonNegativeInt, 64 * 1024),
+    rateWindow: withDefault(PositiveDuration, Duration.seconds(60)),
     caFiles: withDefault(Schema.Array(Text), [])
   }),
   restart: section({
@@ -180,7 +209,17 @@ export const CompanionConfigSchema = Schema.Struct({
     allowedOrigins: withDefault(Schema.Array(Origin), []),
     token: off(Schema.Redacted(Text)),
     maxBodyBytes: withDefault(PositiveInt.pipe(Schema.lessThanOrEqualTo(GiB)).annotations({ identifier: "a positive integer up to 1 GiB" }), 8 * MiB),
-    retryAfterSeconds: withDefault(PositiveInt, 1)
+    retryAfterSeconds: withDefault(PositiveInt, 1),
+    /** A body field the request schema does not know: `"refuse"` it (400) or `"strip"` it. */
+    unknownFields: withDefault(Schema.Literal("refuse", "strip"), "refuse"),
+    /** The most tokens one request may generate; a request asking more (or naming none) gets this many. */
+    maxTokens: withDefault(PositiveInt, 2048),
+    maxMessages: withDefault(PositiveInt, 256),
+    /** Characters of text across a request's messages (or prompt), tools and schemas. */
+    maxCharacters: withDefault(PositiveInt, 256 * 1024),
+    maxTools: withDefault(PositiveInt, 64),
+    /** From the slot to the last byte of the answer; past it, 504 or a cut-off stream, and the slot is back. */
+    generationTimeout: withDefault(PositiveDuration, Duration.minutes(5))
   })
 }).pipe(
   Schema.filter((config) =>

@@ -18,7 +18,12 @@ const GATEWAY_STATUS: Record<GatewayError["reason"], number> = {
   unauthorized: 401,
   body_too_large: 413,
   invalid_body: 400,
-  upstream_failed: 502
+  field_not_allowed: 400,
+  request_too_large: 400,
+  model_not_found: 404,
+  invalid_host: 400,
+  upstream_failed: 502,
+  generation_timeout: 504
 }
 
 /**
@@ -33,8 +38,9 @@ export const statusOf = (error: Failure): { readonly status: number; readonly re
     ? { status: 502, retry: false }
     : { status: 503, retry: true }
 
+/** OpenAI's error shape (`message`, `type`, `param`, `code`); `type` and `code` are the fixed reason. */
 export const errorBody = (error: { readonly reason: string; readonly message: string }) => ({
-  error: { type: error.reason, message: error.message }
+  error: { message: error.message, type: error.reason, param: null, code: error.reason }
 })
 
 export const refusal = (error: Failure, retryAfterSeconds: number) => {

@@ -8,7 +8,10 @@
  * - A resume asks for `Range: bytes=N-` and accepts a `206` only with a matching `Content-Range`;
  *   a `200` is reported as `startsAt: 0` so the caller restarts instead of appending.
  * - Connect timeout (TCP and TLS) from the undici agent; stall timeout (no headers, or no bytes,
- *   for that long) from Effect. Both are typed and transient.
+ *   for that long) from Effect; and a rate floor: once the body has run for `rateWindow`, the bytes
+ *   of the last `rateWindow` must average `minRate` per second (`download_too_slow`), so a source
+ *   that trickles a byte just inside each stall interval cannot hold a download for ever. All three
+ *   are typed and transient: the retry resumes where the bytes stopped.
  * - Extra trusted CA certificates are added to Node's bundled roots, never replacing them.
  *
  * No URL, header or platform error text crosses into a `DownloadError`.
@@ -31,6 +34,10 @@ export interface DownloaderOptions {
   readonly connectTimeout?: Duration.DurationInput
   /** Longest wait for the response headers or for the next chunk of the body. Default 30 s. */
   readonly stallTimeout?: Duration.DurationInput
+  /** Bytes per second the body must average over `rateWindow`; 0 turns the floor off. Default 64 KiB/s. */
+  readonly minRate?: number
+  /** The sliding window of `minRate`. Default 60 s. */
+  readonly rateWindow?: Duration.DurationInput
   /** Default 5. */
   readonly maxRedirects?: number
   /** PEM certificates trusted in addition to Node's bundled roots (a mirror's CA, a test CA). */
@@ -84,44 +91,73 @@ const statusError = (response: HttpClientResponse.HttpClientResponse, now: numbe
 /** Bytes handed to the consumer at once: large enough that per-chunk costs vanish, small enough to stay bounded. */
 export const READ_CHUNK_BYTES = 1024 * 1024
 
+/** What the body watchdog enforces: no stall longer than `stall`; at least `minRate` bytes/s over `window` (0: off). */
+export interface BodyLimits {
+  readonly stall: Duration.Duration
+  readonly minRate: number
+  readonly window: Duration.Duration
+}
+
+/**
+ * The rate floor over a sliding window, fed one sample (time, bytes so far) per watchdog tick:
+ * `true` once a whole window has passed whose bytes average below `minRate` per second. Samples
+ * older than the window (but the last one before it) are dropped, so memory stays bounded.
+ */
+export const rateFloor = (minRate: number, windowMillis: number) => {
+  const samples: Array<{ readonly at: number; readonly bytes: number }> = []
+  return (at: number, bytes: number): boolean => {
+    samples.push({ at, bytes })
+    if (minRate <= 0) return false
+    while (samples.length > 1 && samples[1]!.at <= at - windowMillis) samples.shift()
+    const from = samples[0]!
+    const elapsed = at - from.at
+    return elapsed >= windowMillis && (bytes - from.bytes) * 1000 < minRate * elapsed
+  }
+}
+
 /**
  * The body as a stream of chunks of up to `READ_CHUNK_BYTES`, failing with `stall_timeout` when no
- * byte arrives for `stall`.
+ * byte arrives for `stall`, and with `download_too_slow` under the rate floor.
  *
  * On the undici client the response carries its Node readable (`source.body`): reading it 1 MiB
  * at a time hands over a few large chunks instead of one per TLS record (16 KiB), which is where
  * the stream's per-chunk cost went (docs/benchmarks.md). A chunk then takes a while to fill, so
- * the stall is judged by bytes, not chunks: a watchdog looks at bytes consumed plus bytes
- * buffered, and fails the stream when that count has not moved for `stall`. Any other client's
- * stream is used as it is, with the stall judged per chunk.
+ * stall and rate are judged by bytes, not chunks: a watchdog looks at bytes consumed plus bytes
+ * buffered. Any other client's stream is used as it is, judged by the bytes it has handed over.
  */
 const bodyOf = (
   response: HttpClientResponse.HttpClientResponse,
-  stall: Duration.Duration
+  limits: BodyLimits
 ): Stream.Stream<Uint8Array, DownloadError> => {
-  const stalled = () => new DownloadError({ reason: "stall_timeout" })
   const connectionFailed = () => new DownloadError({ reason: "connection_failed" })
   const body = (response as { readonly source?: { readonly body?: unknown } }).source?.body
-  if (!(body instanceof Readable)) {
-    return response.stream.pipe(Stream.mapError(connectionFailed), Stream.timeoutFail(stalled, stall))
-  }
+  const readable = body instanceof Readable ? body : undefined
+  const stallMillis = Duration.toMillis(limits.stall)
+  const windowMillis = Duration.toMillis(limits.window)
   let consumed = 0
   const watchdog = Effect.gen(function*() {
+    const tick = Math.max(1, Math.min(stallMillis / 4, limits.minRate > 0 ? windowMillis / 10 : Infinity))
+    const tooSlow = rateFloor(limits.minRate, windowMillis)
     let seen = -1
     let movedAt = yield* Clock.currentTimeMillis
+    tooSlow(movedAt, 0)
     for (;;) {
-      yield* Effect.sleep(Duration.millis(Math.max(1, Duration.toMillis(stall) / 4)))
+      yield* Effect.sleep(Duration.millis(tick))
       const now = yield* Clock.currentTimeMillis
-      const total = consumed + body.readableLength
+      const total = consumed + (readable?.readableLength ?? 0)
       if (total !== seen) {
         seen = total
         movedAt = now
-      } else if (now - movedAt >= Duration.toMillis(stall)) {
-        return yield* stalled()
+      } else if (now - movedAt >= stallMillis) {
+        return yield* new DownloadError({ reason: "stall_timeout" })
       }
+      if (tooSlow(now, total)) return yield* new DownloadError({ reason: "download_too_slow" })
     }
   })
-  return NodeStream.fromReadable<DownloadError, Uint8Array>(() => body, connectionFailed, { chunkSize: READ_CHUNK_BYTES }).pipe(
+  const chunks = readable === undefined
+    ? Stream.mapError(response.stream, connectionFailed)
+    : NodeStream.fromReadable<DownloadError, Uint8Array>(() => readable, connectionFailed, { chunkSize: READ_CHUNK_BYTES })
+  return chunks.pipe(
     Stream.tap((chunk) => Effect.sync(() => void (consumed += chunk.length))),
     Stream.interruptWhen(watchdog)
   )
@@ -130,6 +166,11 @@ const bodyOf = (
 /** Builds the Downloader from an HttpClient that does not follow redirects by itself. */
 export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptions) => {
   const stall = Duration.decode(options.stallTimeout ?? Duration.seconds(30))
+  const limits: BodyLimits = {
+    stall,
+    minRate: options.minRate ?? 64 * 1024,
+    window: Duration.decode(options.rateWindow ?? Duration.seconds(60))
+  }
   const maxRedirects = options.maxRedirects ?? 5
   const scoped = HttpClient.withScope(client)
 
@@ -176,7 +217,7 @@ export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptio
         } else {
           return yield* statusError(response, yield* Clock.currentTimeMillis)
         }
-        const bytes = bodyOf(response, stall)
+        const bytes = bodyOf(response, limits)
         return { startsAt, bytes }
       }
     })
@@ -213,7 +254,7 @@ export const readCaFiles = (files: ReadonlyArray<string>) =>
         Effect.mapError(() => ConfigError.InvalidData(["download", "caFiles"], "a readable PEM file"))
       )))
 
-/** The downloader for a `CompanionConfig`: `allowedSources` and `download.connectTimeout`, `.stallTimeout`, `.caFiles` (read once, when the layer is built). */
+/** The downloader for a `CompanionConfig`: `allowedSources` and `download.connectTimeout`, `.stallTimeout`, `.minRate`, `.rateWindow`, `.caFiles` (read once, when the layer is built). */
 export const layerFrom = (config: CompanionConfig): Layer.Layer<Downloader, ConfigError.ConfigError, FileSystem.FileSystem> =>
   Layer.scoped(
     Downloader,
@@ -222,6 +263,8 @@ export const layerFrom = (config: CompanionConfig): Layer.Layer<Downloader, Conf
         allowedSources: config.allowedSources,
         connectTimeout: config.download.connectTimeout,
         stallTimeout: config.download.stallTimeout,
+        minRate: config.download.minRate,
+        rateWindow: config.download.rateWindow,
         extraCaCertificates: yield* readCaFiles(config.download.caFiles)
       })
     })

@@ -11,6 +11,7 @@ const downloadMessages = {
   connection_failed: "The download connection failed.",
   connect_timeout: "The download source did not accept a connection in time.",
   stall_timeout: "The download stalled: no bytes arrived in time.",
+  download_too_slow: "The download was slower than the minimum rate.",
   server_error: "The download source answered with a server error.",
   rate_limited: "The download source asked to slow down.",
   request_timeout: "The download source timed the request out.",
@@ -26,6 +27,7 @@ export const transientDownloadReasons: ReadonlySet<DownloadError["reason"]> = ne
   "connection_failed",
   "connect_timeout",
   "stall_timeout",
+  "download_too_slow",
   "server_error",
   "rate_limited",
   "request_timeout",
@@ -119,8 +121,13 @@ const gatewayMessages = {
   origin_not_allowed: "Requests from this origin are not allowed.",
   unauthorized: "A valid bearer token is required.",
   body_too_large: "The request body is too large.",
-  invalid_body: "The request body must be a JSON object.",
-  upstream_failed: "The runtime did not answer the request."
+  invalid_body: "The request body is not a valid request for this route.",
+  field_not_allowed: "The request body sets a field that controls the runtime's internals.",
+  request_too_large: "The request has more messages, characters or tools than allowed.",
+  model_not_found: "The requested model is not served here.",
+  invalid_host: "The request must carry exactly one Host header.",
+  upstream_failed: "The runtime did not answer the request.",
+  generation_timeout: "The answer took longer than the generation deadline."
 } as const
 
 /** Refusals of the loopback gateway itself, before or around a request to the runtime. */

@@ -14,7 +14,7 @@ const MODEL = { sha256: "ab".repeat(32), sizeBytes: 1234, source: "https://model
 /** Every key set, none to its default. */
 const full = {
   storeDir: "/var/lib/companion/models",
-  model: MODEL,
+  model: { ...MODEL, name: "companion-small:q4" },
   allowedSources: ["https://models.example.com/org/repo/resolve/abc/", "https://cdn.example.net/"],
   admission: { maxInFlight: 3, queueBound: 0, queueTimeout: "7 seconds" },
   resources: { maxRamBytes: 123_456_789, maxVramBytes: 987_654_321, maxCpuPercent: 55.5 },
@@ -27,13 +27,22 @@ const full = {
     lockWait: "2 minutes",
     connectTimeout: "3 seconds",
     stallTimeout: "45 seconds",
+    minRate: 0,
+    rateWindow: "2 minutes",
     caFiles: ["/etc/ca/a.pem", "/etc/ca/b.pem"]
   },
   restart: { enabled: false, maxFailures: 9, window: "10 minutes", cooldown: "1 minute", backoffBase: "250 millis", backoffMax: "5 seconds" },
   stopGrace: "9 seconds",
   idleTtl: "30 minutes",
   runtime: { kind: "ollama", binary: "/opt/ollama/bin/ollama", contextSize: 8192, threads: 6, envAllowlist: ["PATH", "HOME"], addressTimeout: "90 seconds" },
-  gateway: { port: 8089, allowedOrigins: ["http://localhost:3000"], token: "a-long-random-token", maxBodyBytes: 1_048_576, retryAfterSeconds: 3 }
+  gateway: { port: 8089, allowedOrigins: ["http://localhost:3000"], token: "a-long-random-token", maxBodyBytes: 1_048_576, retryAfterSeconds: 3,
+    unknownFields: "strip",
+    maxTokens: 512,
+    maxMessages: 9,
+    maxCharacters: 10_000,
+    maxTools: 3,
+    generationTimeout: "90 seconds"
+  }
 }
 
 type Json = { readonly [key: string]: unknown }
@@ -198,9 +207,10 @@ describe("docs/api.md: the defaults table", () => {
   it("shows each key's default as the schema has it: required, off, or the value", () => {
     for (const key of keys()) {
       const cell = rows.get(key) ?? ""
-      const required = key.startsWith("model.")
+      const required = key.startsWith("model.") && key !== "model.name"
       const value = at(defaults, key)
-      if (required) assert.strictEqual(cell, "required", key)
+      if (key === "model.name") assert.strictEqual(cell, "derived", key)
+      else if (required) assert.strictEqual(cell, "required", key)
       else if (value === undefined) assert.strictEqual(cell, "off", key)
       else assert.deepStrictEqual(JSON.parse(/^`(.*)`$/.exec(cell)?.[1] ?? "null"), value, key)
     }

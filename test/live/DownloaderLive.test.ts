@@ -31,6 +31,7 @@ let silent: Server
 let silentPort: number
 const silentSockets = new Set<Socket>()
 let resetServed = 0
+let dripServed = 0
 
 const redirect = (location: () => string, status = 302) => (_req: unknown, res: import("node:http").ServerResponse) => {
   res.writeHead(status, { location: location() }).end()
@@ -80,6 +81,17 @@ beforeAll(async () => {
         clearInterval(timer)
         res.end(Buffer.from(MODEL.subarray(sent)))
       }, 50)
+    },
+    "/m/drip": (req, res) => {
+      // 2 MB at once (more than one read chunk, so the store has bytes to resume from), then one
+      // byte every 100 ms, each inside the stall timeout, for ever; later requests (the retry's
+      // resume) are served properly.
+      if (dripServed++ > 0) return serveBytes(MODEL)(req, res)
+      res.writeHead(200, { "content-length": MODEL.length })
+      let sent = 2_000_000
+      res.write(Buffer.from(MODEL.subarray(0, sent)))
+      const timer = setInterval(() => res.write(Buffer.from(MODEL.subarray(sent, ++sent))), 100)
+      res.once("close", () => clearInterval(timer))
     },
     "/m/bad-range": (req, res) => {
       if (req.headers.range === undefined) return serveBytes(MODEL)(req, res)
@@ -204,6 +216,46 @@ describe("DownloaderLive", () => {
       assert.strictEqual(sha256Hex(bytes), SPEC.sha256)
     }))
 
+  it.live("a source that trickles a byte inside each stall interval fails under the rate floor as a transient download_too_slow", () =>
+    Effect.gen(function*() {
+      dripServed = 0
+      const started = Date.now()
+      const error = yield* expectFailure(
+        fetchAll("/m/drip", 0, url("/m/drip"), { minRate: 10_000, rateWindow: "1 second" }),
+        "DownloadError",
+        "download_too_slow"
+      )
+      assert.isTrue((error as unknown as { transient: boolean }).transient)
+      // Judged after one whole window, and not long after it.
+      assert.isAtLeast(Date.now() - started, 1_000)
+      assert.isBelow(Date.now() - started, 5_000)
+    }))
+
+  it.live("a slow but steady source above the floor completes; with the floor off, the drip is only bounded by the stall timeout", () =>
+    Effect.gen(function*() {
+      // /m/trickle: about 40 KB/s for a second, then the rest.
+      const { bytes } = yield* fetchAll("/m/trickle", 0, url("/m/trickle"), { minRate: 20_000, rateWindow: "400 millis" })
+      assert.strictEqual(sha256Hex(bytes), SPEC.sha256)
+      dripServed = 0
+      const dripped = yield* fetchAll("/m/drip", 0, url("/m/drip"), { minRate: 0, rateWindow: "200 millis" }).pipe(
+        Effect.timeout("1500 millis"),
+        Effect.option
+      )
+      assert.isTrue(dripped._tag === "None", "the drip is still running: no floor judged it")
+    }))
+
+  it("the rate floor over its sliding window", () => {
+    const floor = DownloaderLive.rateFloor(1000, 1000)
+    assert.isFalse(floor(0, 0))
+    assert.isFalse(floor(500, 100)) // not a whole window yet
+    assert.isFalse(floor(1000, 1000)) // exactly 1000 B/s: not below
+    assert.isFalse(floor(1500, 1500))
+    assert.isTrue(floor(2000, 1900)) // 900 B over the last second
+    const off = DownloaderLive.rateFloor(0, 1000)
+    assert.isFalse(off(0, 0))
+    assert.isFalse(off(10_000, 0))
+  })
+
   it.live("no headers for the stall timeout is stall_timeout", () => expectDownloadError("/m/stall-headers", "stall_timeout"))
 
   it.live("a TLS handshake that never completes is connect_timeout", () =>
@@ -241,7 +293,7 @@ describe("DownloaderLive", () => {
 // ---------------------------------------------------------------------------------------------
 
 /** A store on `store` with the live downloader and the real file system. */
-const storeOn = (store: string) =>
+const storeOn = (store: string, patch: Partial<DownloaderLive.DownloaderOptions> = {}) =>
   ModelStoreLive.layer({
     storeDir: store,
     allowedSources: [`${origin.baseUrl}/m`],
@@ -249,12 +301,15 @@ const storeOn = (store: string) =>
     retryBase: "10 millis",
     retryMax: "1 second",
     lockWait: "1 minute"
-  }).pipe(Layer.provide(Layer.mergeAll(StoreFileSystemLive.layer, NodePath.layer, DownloaderLive.layer(options()))))
+  }).pipe(Layer.provide(Layer.mergeAll(StoreFileSystemLive.layer, NodePath.layer, DownloaderLive.layer(options(patch)))))
 
-const withStore = <A, E>(body: (store: string) => Effect.Effect<A, E, ModelStore | Scope.Scope>) =>
+const withStore = <A, E>(
+  body: (store: string) => Effect.Effect<A, E, ModelStore | Scope.Scope>,
+  patch: Partial<DownloaderLive.DownloaderOptions> = {}
+) =>
   Effect.acquireUseRelease(
     Effect.sync(() => mkdtempSync(join(tmpdir(), "companion-store-"))),
-    (store) => body(store).pipe(Effect.scoped, Effect.provide(storeOn(store))),
+    (store) => body(store).pipe(Effect.scoped, Effect.provide(storeOn(store, patch))),
     (store) => Effect.sync(() => rmSync(store, { recursive: true, force: true }))
   )
 
@@ -328,6 +383,18 @@ describe("ModelStore.ensure over the live downloader", () => {
         assert.isAbove(Number(/\d+/.exec(range ?? "")?.[0]), 0)
         assert.isFalse(existsSync(partialPath(store)))
       })))
+
+  it.live("a download under the rate floor is retried with a resume from the bytes it had, and ends verified", () =>
+    withStore((store) =>
+      Effect.gen(function*() {
+        dripServed = 0
+        const model = yield* ensure("/m/drip")
+        assert.strictEqual(sha256Hex(served(model)), SPEC.sha256)
+        assert.strictEqual(dripServed, 2)
+        const resumedAt = Number(/^bytes=(\d+)-$/.exec(origin.lastHeaders.get("/m/drip")?.range ?? "")?.[1])
+        assert.isAtLeast(resumedAt, DownloaderLive.READ_CHUNK_BYTES)
+        assert.isFalse(existsSync(partialPath(store)))
+      }), { minRate: 10_000, rateWindow: "1 second" }))
 
   it.live("a redirect to an unlisted host stores nothing", () =>
     withStore((store) =>
