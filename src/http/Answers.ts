@@ -63,5 +63,9 @@ export const health = (status: ManagerStatus) =>
     { status: status.state === "ready" ? 200 : 503 }
   )
 
+/** `/v1/models`: the one model, by its name; nothing about where or what it is on disk. */
+export const models = (name: string) =>
+  HttpServerResponse.unsafeJson({ object: "list", data: [{ id: name, object: "model", created: 0, owned_by: "companion-runtime" }] })
+
 /** What a handler returns once the relay has written the answer: the server then writes nothing more. */
 export const relayed = HttpServerResponse.empty()

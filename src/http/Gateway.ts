@@ -2,24 +2,36 @@
  * The loopback inference gateway: the one door between a companion app and its local model.
  *
  * Routes (`HttpRouter`), and nothing else (404): `POST /v1/chat/completions`, `POST /v1/completions`,
- * `GET /v1/models`, and `GET /health` (the lifecycle state; 200 only when ready). Before any route,
- * the guards (`Guards.ts`): Host (421), Origin (403), token (401). An inference body is read up to
- * its limit (413) and must be a JSON object (400). Then the request goes through
+ * `GET /v1/models` (the model's name, answered here), and `GET /health` (the lifecycle state; 200
+ * only when ready). Before any route, the guards (`Guards.ts`): Host (400, 421), Origin (403), token
+ * (401). An inference body is read up to its limit (413), must be a JSON object (400) and pass the
+ * firewall (`Firewall.ts`: 400, 404); what the firewall decoded is what the runtime gets. Then the request goes through
  * `RuntimeManager.run` to the runtime with the per-spawn key, and the runtime's answer streams back
  * chunk by chunk (`Relay.ts`); the slot is held until the last chunk or the client's disconnect,
  * which also aborts the upstream request. Every other answer comes from `Answers.ts`.
  */
 import { HttpRouter, HttpServer, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
-import { Effect, Layer, Option, type Redacted } from "effect"
+import { Duration, Effect, Either, Layer, Option, type Redacted } from "effect"
 import type { Agent } from "node:http"
 import { type CompanionConfig, readConfig } from "../config/Config.js"
 import { GatewayError } from "../services/Errors.js"
 import { RuntimeManager } from "../services/RuntimeManager.js"
 import * as Answers from "./Answers.js"
-import { guards } from "./Guards.js"
+import * as Firewall from "./Firewall.js"
+import { guards, hostsFor } from "./Guards.js"
 import * as Relay from "./Relay.js"
 
 export interface GatewayOptions {
+  /** The name clients see for the model (the runtime's `--alias`). Default `"model"`. */
+  readonly modelName?: string | undefined
+  /** The request firewall's limits and mode (see `Firewall.ts`); each has the config's default. */
+  readonly unknownFields?: "refuse" | "strip" | undefined
+  readonly maxTokens?: number | undefined
+  readonly maxMessages?: number | undefined
+  readonly maxCharacters?: number | undefined
+  readonly maxTools?: number | undefined
+  /** From the slot to the answer's last byte. Default 5 minutes. */
+  readonly generationTimeout?: Duration.DurationInput | undefined
   /** Origins a browser may call from (exact `scheme://host:port`). Default: none. */
   readonly allowedOrigins?: ReadonlyArray<string> | undefined
   /** When set, every route but `/health` needs `Authorization: Bearer <token>`. */
@@ -43,16 +55,26 @@ const parseObject = (body: Uint8Array) =>
 
 /**
  * Forward one request through the manager and relay the answer, all inside `RuntimeManager.run`,
- * so the slot is held exactly as long as the relay. Interrupting it (the client left, or the
- * runtime exited and the manager stopped its requests) closes its scope, which aborts the upstream
- * request. A failure before the answer's head is the answer (502, 503); after it, the answer is
- * cut off.
+ * so the slot is held exactly as long as the relay, and at most `deadline`. Interrupting it (the
+ * client left, the deadline passed, or the runtime exited and the manager stopped its requests)
+ * closes its scope, which aborts the upstream request. A failure before the answer's head is the
+ * answer (502, 503, 504); after it, the answer is cut off.
  */
-const forward = (manager: RuntimeManager["Type"], agent: Agent, method: "GET" | "POST", path: string, body?: Buffer) =>
+const forward = (
+  manager: RuntimeManager["Type"],
+  agent: Agent,
+  deadline: Duration.Duration,
+  method: "GET" | "POST",
+  path: string,
+  body?: Buffer
+) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     const response = Relay.responseOf(request)
     return manager.run((endpoint) =>
-      Effect.flatMap(Relay.send(agent, endpoint, method, path, body), (answer) => Relay.relay(answer, response)).pipe(Effect.scoped)
+      Effect.flatMap(Relay.send(agent, endpoint, method, path, body), (answer) => Relay.relay(answer, response)).pipe(
+        Effect.scoped,
+        Effect.timeoutFail({ duration: deadline, onTimeout: () => new GatewayError({ reason: "generation_timeout" }) })
+      )
     ).pipe(
       Effect.catchAll((error) => (response.headersSent ? Relay.cutOff(response, error) : Effect.fail(error))),
       Effect.as(Answers.relayed)
@@ -66,19 +88,34 @@ export const makeApp = (options: GatewayOptions = {}) =>
     const server = yield* HttpServer.HttpServer
     const limit = options.maxBodyBytes ?? 8 * 1024 * 1024
     const retryAfter = options.retryAfterSeconds ?? 1
+    const deadline = Duration.decode(options.generationTimeout ?? Duration.minutes(5))
+    const firewall: Firewall.FirewallOptions = {
+      modelName: options.modelName ?? "model",
+      unknownFields: options.unknownFields ?? "refuse",
+      maxTokens: options.maxTokens ?? 2048,
+      maxMessages: options.maxMessages ?? 256,
+      maxCharacters: options.maxCharacters ?? 256 * 1024,
+      maxTools: options.maxTools ?? 64
+    }
+    const models = Answers.models(firewall.modelName)
     const address = server.address
 
-    /** An inference route: the body, checked, goes on as it came. */
-    const inference = (path: string) =>
+    /** An inference route: the body is read, parsed, checked by the firewall, and what it decoded goes on. */
+    const inference = (path: string, route: Firewall.Route) =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
         Effect.flatMap(Relay.readBody(request, limit), (body) =>
-          Effect.zipRight(parseObject(body), forward(manager, agent, "POST", path, body))))
+          Effect.flatMap(parseObject(body), (parsed) =>
+            Either.match(Firewall.check(route, parsed, firewall), {
+              onLeft: Effect.fail,
+              onRight: (checked) => forward(manager, agent, deadline, "POST", path, Buffer.from(checked))
+            }))))
 
     const routes = yield* HttpRouter.empty.pipe(
       HttpRouter.get("/health", Effect.map(manager.status, Answers.health)),
-      HttpRouter.get("/v1/models", forward(manager, agent, "GET", "/v1/models")),
-      HttpRouter.post("/v1/chat/completions", inference("/v1/chat/completions")),
-      HttpRouter.post("/v1/completions", inference("/v1/completions")),
+      // Answered here: the runtime's own list carries the model's path in the store and its sizes.
+      HttpRouter.get("/v1/models", Effect.succeed(models)),
+      HttpRouter.post("/v1/chat/completions", inference("/v1/chat/completions", "chat")),
+      HttpRouter.post("/v1/completions", inference("/v1/completions", "completion")),
       HttpRouter.toHttpApp,
       // The door matches exactly: no other case, no trailing or doubled slash reaches a route.
       HttpRouter.withRouterConfig({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
@@ -86,7 +123,7 @@ export const makeApp = (options: GatewayOptions = {}) =>
 
     const app: Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest> = routes.pipe(
       guards({
-        expectedHost: address._tag === "TcpAddress" ? `${address.hostname}:${address.port}` : undefined,
+        expectedHosts: address._tag === "TcpAddress" ? hostsFor(address.hostname, address.port) : undefined,
         allowedOrigins: new Set(options.allowedOrigins ?? []),
         token: Option.fromNullable(options.token)
       }),
@@ -110,7 +147,14 @@ export const optionsFrom = (config: CompanionConfig): GatewayOptions => ({
   allowedOrigins: config.gateway.allowedOrigins,
   token: Option.getOrUndefined(config.gateway.token),
   maxBodyBytes: config.gateway.maxBodyBytes,
-  retryAfterSeconds: config.gateway.retryAfterSeconds
+  retryAfterSeconds: config.gateway.retryAfterSeconds,
+  modelName: config.model.name,
+  unknownFields: config.gateway.unknownFields,
+  maxTokens: config.gateway.maxTokens,
+  maxMessages: config.gateway.maxMessages,
+  maxCharacters: config.gateway.maxCharacters,
+  maxTools: config.gateway.maxTools,
+  generationTimeout: config.gateway.generationTimeout
 })
 
 /** The gateway from `CompanionConfig`. */

@@ -2,7 +2,8 @@
  * A small fuzz of the gateway: a few hundred random requests (methods, paths, headers, bodies,
  * some of them malformed HTTP) written on raw loopback sockets, a few at a time. Each must get a
  * 2xx, a 4xx or a 503 (never a 5xx of the gateway's own making, never silence), no answer may
- * echo what was sent, and the gateway must still be up and have every slot back at the end.
+ * echo what was sent, and the gateway must still be up and have every slot back at the end. Bodies
+ * are bent with the firewall's fields; what reaches the runtime must have passed it.
  *
  * The generator is seeded: a fixed seed by default, so the suite is deterministic; `FUZZ_SEED=<n>`
  * explores another corpus, and a failure names its seed and case.
@@ -16,7 +17,10 @@ import { call, gateway, portOf, slotsFreed, standIn, start } from "./gatewayHarn
 const TOKEN = "fuzz-token"
 /** Put into paths, headers and bodies: no answer may carry it back. */
 const MARKER = "zq-marker-7f3a"
-const CASES = 300
+const CASES = 400
+/** The gateway's model name and token cap in this test. */
+const MODEL_NAME = "tiny"
+const MAX_TOKENS = 64
 const AT_ONCE = 6
 
 /** mulberry32: small, seeded, good enough to pick cases. */
@@ -43,9 +47,13 @@ const makeCase = (random: () => number, port: number): { label: string; bytes: B
     ["Authorization", [`Bearer ${TOKEN}`]],
     ["Content-Type", ["application/json"]]
   ])
-  let body: Buffer | undefined = method === "POST"
-    ? Buffer.from(JSON.stringify({ model: "tiny", messages: [{ role: "user", content: MARKER }], prompt: MARKER, stream: random() < 0.3 }))
-    : undefined
+  // A body the firewall accepts for its route, which the mutations below may bend.
+  const fields: Record<string, unknown> = path === "/v1/chat/completions"
+    ? { messages: [{ role: "user", content: MARKER }] }
+    : { prompt: MARKER }
+  if (random() < 0.5) fields["model"] = MODEL_NAME
+  if (random() < 0.3) fields["stream"] = true
+  let body: Buffer | undefined = method === "POST" ? Buffer.from(JSON.stringify(fields)) : undefined
   let framing = body === undefined ? "none" : "length"
   let broken = false
 
@@ -98,6 +106,28 @@ const makeCase = (random: () => number, port: number): { label: string; bytes: B
       return "body"
     },
     () => {
+      // The firewall's fields: internal ones, out-of-range values, unknown fields (top level and
+      // nested), another model, remote images, caps. Each refused, or accepted and capped.
+      const bend = pick<() => void>([
+        () => (fields[pick(["id_slot", "lora", "n_discard", "n_keep", "n_cmpl", "response_fields"])] = pick([-5, 0, 1, [], MARKER])),
+        () => (fields[pick(["max_tokens", "n_predict", "max_completion_tokens"])] = pick([1_000_000_000, -1, 0, 1.5, MARKER, 64, 65])),
+        () => (fields[pick(["n_probs", "top_logprobs", "top_k", "temperature", "top_p", "seed", "n", "min_p"])] = pick([-1, 1e9, 0.5, 3, MARKER, null])),
+        () => (fields[`x_${MARKER}`] = MARKER),
+        () => (fields["model"] = pick([`${MARKER}.gguf`, 42, "", "/home/user/models/x.gguf"])),
+        () => (fields["messages"] = [{ role: "user", content: MARKER, [`x_${MARKER}`]: 1 }]),
+        () => (fields["messages"] = [{ role: "user", content: [{ type: "image_url", image_url: { url: `http://evil.example/${MARKER}.png` } }] }]),
+        () => (fields["messages"] = Array.from({ length: 300 }, () => ({ role: "user", content: "m" }))),
+        () => (fields["tools"] = [{ type: "function", function: { name: "f", parameters: { type: "object", properties: { q: { type: "string", description: MARKER } } } } }]),
+        () => (fields["response_format"] = pick([{ type: "json_object" }, { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } }, { type: MARKER }])),
+        () => (fields["logit_bias"] = pick([{ "15": 5 }, { [MARKER]: 1 }, { "15": 500 }])),
+        () => (fields["grammar"] = pick(["root ::= \"yes\"", "x".repeat(300_000)]))
+      ])
+      bend()
+      body = Buffer.from(JSON.stringify(fields))
+      if (framing === "none") framing = "length"
+      return "fields"
+    },
+    () => {
       body = Buffer.from(JSON.stringify({ prompt: MARKER.repeat(1000) })) // over the limit
       framing = pick(["length", "chunked"])
       return "big body"
@@ -147,7 +177,7 @@ const exchange = (port: number, raw: Buffer) =>
 describe("Gateway fuzz (in-memory manager, real socket)", () => {
   it.scopedLive(`${CASES} random requests: each answered 2xx/4xx/503, nothing echoed, the gateway stays up`, () =>
     Effect.gen(function*() {
-      yield* standIn("json")
+      const upstream = yield* standIn("json")
       yield* start
       const port = yield* portOf
       const seed = Number(process.env["FUZZ_SEED"] ?? 20261123)
@@ -167,11 +197,22 @@ describe("Gateway fuzz (in-memory manager, real socket)", () => {
       }
       // Each kind of answer was reached, not only refusals.
       for (const expected of [200, 400, 401, 403, 404, 413, 421]) assert.isAbove(statuses.get(expected) ?? 0, 0, `seed ${seed}: no ${expected}`)
+      // What reached the runtime passed the firewall: schema fields only, the model's name, the cap.
+      assert.isAbove(upstream.bodies.length, 10, `seed ${seed}: few requests reached the runtime`)
+      for (const sent of upstream.bodies) {
+        const json = JSON.parse(sent) as Record<string, unknown>
+        assert.strictEqual(json["model"], MODEL_NAME)
+        assert.isAtMost(json["max_tokens"] as number, MAX_TOKENS)
+        assert.isAtMost(json["n_predict"] as number, MAX_TOKENS)
+        for (const key of ["id_slot", "lora", "n_discard", "n_keep", "n_cmpl", "response_fields"]) assert.notProperty(json, key)
+        assert.notInclude(sent, `x_${MARKER}`)
+        assert.notInclude(sent, "http://evil.example")
+      }
       // Still up, still ready, every slot back.
       assert.strictEqual((yield* call(port, {})).status, 200)
       yield* slotsFreed
       const status = yield* (yield* RuntimeManager).status
       assert.strictEqual(status.state, "ready")
       assert.strictEqual(status.queued, 0)
-    }).pipe(Effect.provide(gateway({ token: Redacted.make(TOKEN), maxBodyBytes: 8 * 1024 }))), 60_000)
+    }).pipe(Effect.provide(gateway({ token: Redacted.make(TOKEN), maxBodyBytes: 8 * 1024, modelName: MODEL_NAME, maxTokens: MAX_TOKENS }))), 60_000)
 })

@@ -57,6 +57,8 @@ export interface StandIn {
   /** One entry per upstream request: whether it was closed before the stand-in finished it. */
   readonly aborted: Array<boolean>
   readonly auth: Array<string | undefined>
+  /** Each request's body as the runtime received it. */
+  readonly bodies: Array<string>
 }
 
 /**
@@ -70,8 +72,12 @@ export const standIn = (mode: "sse" | "silent" | "json" | "one-per-connection") 
     Effect.async<StandIn & { close: () => void }>((resume) => {
       const aborted: Array<boolean> = []
       const auth: Array<string | undefined> = []
+      const bodies: Array<string> = []
       const server = createServer((req, res) => {
         auth.push(req.headers.authorization)
+        const parts: Array<Buffer> = []
+        req.on("data", (d: Buffer) => parts.push(d))
+        req.on("end", () => bodies.push(Buffer.concat(parts).toString()))
         if (mode === "one-per-connection") {
           const socket = req.socket as typeof req.socket & { served?: boolean }
           if (socket.served === true) return socket.destroy()
@@ -97,6 +103,7 @@ export const standIn = (mode: "sse" | "silent" | "json" | "one-per-connection") 
           port: typeof address === "object" && address !== null ? address.port : 0,
           aborted,
           auth,
+          bodies,
           close: () => {
             server.closeAllConnections()
             server.close()

@@ -1,0 +1,302 @@
+/**
+ * The request firewall: what an inference body may say before a native parser sees it.
+ *
+ * llama-server parses request bodies in C++ and has had memory-safety bugs there (a negative
+ * `n_discard` wrote out of bounds, CVE-2026-21869); its llama.cpp-only fields reach slots, LoRA
+ * adapters, context shifting and grammar compilation. So every body is decoded against a schema of
+ * the fields clients send, each with a type and a range, and the runtime is sent the decoded value
+ * re-serialised, never the client's bytes:
+ *
+ * - Fields that steer the runtime's internals (`INTERNAL_FIELDS`) are refused whatever their value,
+ *   in either mode (`field_not_allowed`).
+ * - Unknown fields, at any depth of a known structure, are refused (`invalid_body`) or, with
+ *   `unknownFields: "strip"`, dropped.
+ * - Limits: messages, tools, characters of text (images aside), nesting depth; over one,
+ *   `request_too_large`. Tokens to generate are capped to `maxTokens`, and set to it when the
+ *   request names none (llama-server's own default is "until the context is full").
+ * - `model`: absent or the configured name; anything else is `model_not_found`. The runtime is
+ *   always sent the configured name.
+ *
+ * Refusals carry a fixed message naming no field and no value. The field-by-field decisions, read
+ * from llama.cpp's `tools/server` request parsing, are listed in docs/threat-model.md.
+ *
+ * Pure: a function from a parsed body to a verdict. The gateway parses, calls `check`, forwards.
+ */
+import { Either, Schema } from "effect"
+import { GatewayError } from "../services/Errors.js"
+
+export interface FirewallOptions {
+  /** The one model served; the only `model` a request may name. */
+  readonly modelName: string
+  /** `"refuse"` (default) or `"strip"` a field the schema does not know. */
+  readonly unknownFields: "refuse" | "strip"
+  readonly maxTokens: number
+  readonly maxMessages: number
+  readonly maxCharacters: number
+  readonly maxTools: number
+}
+
+/** Refused whatever their value: slot control, LoRA, context shifting, several completions, speculative decoding, raw result fields. */
+export const INTERNAL_FIELDS: ReadonlySet<string> = new Set([
+  "id_slot",
+  "slot_id",
+  "lora",
+  "n_discard",
+  "n_keep",
+  "n_cmpl",
+  "response_fields",
+  "chat_format",
+  "speculative.n_max",
+  "speculative.n_min",
+  "speculative.p_min"
+])
+
+/** The deepest nesting a body may have: JSON Schemas for tools and `response_format` are compiled recursively in native code. */
+export const MAX_DEPTH = 32
+/** `n_probs` / `top_logprobs`: each costs a sort over the vocabulary per token. */
+export const MAX_PROBS = 20
+const MAX_STOP = 16
+const MAX_LOGIT_BIAS = 300
+const MAX_NAME = 256
+
+// ---------------------------------------------------------------------------------------------
+// Field types
+// ---------------------------------------------------------------------------------------------
+
+const Int = (min: number, max: number) => Schema.Int.pipe(Schema.between(min, max))
+const Num = (min: number, max: number) => Schema.Number.pipe(Schema.between(min, max))
+const Short = Schema.String.pipe(Schema.maxLength(MAX_NAME))
+const opt = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { exact: true })
+/** A value passed through as JSON (a JSON Schema, tool arguments); bounded by depth and characters. */
+const Json = Schema.Unknown
+const JsonObject = Schema.Record({ key: Schema.String, value: Json })
+
+/** Tokens to generate: a positive count; `-1` (llama.cpp's "no limit") is accepted and capped. */
+const TokenCount = Schema.Int.pipe(Schema.between(-1, 2 ** 31 - 1))
+
+const Stop = Schema.Union(Schema.String.pipe(Schema.maxLength(1024)), Schema.Array(Schema.String.pipe(Schema.maxLength(1024))).pipe(Schema.maxItems(MAX_STOP)))
+
+const LogitBias = Schema.Record({ key: Schema.String.pipe(Schema.pattern(/^\d{1,7}$/)), value: Num(-100, 100) }).pipe(
+  Schema.filter((bias) => Object.keys(bias).length <= MAX_LOGIT_BIAS)
+)
+
+/** Images inline only: a runtime that fetched `http(s)` image URLs would be a way out of loopback. */
+const ImagePart = Schema.Struct({
+  type: Schema.Literal("image_url"),
+  image_url: Schema.Struct({
+    url: Schema.String.pipe(Schema.startsWith("data:image/")),
+    detail: opt(Schema.Literal("auto", "low", "high"))
+  })
+})
+const TextPart = Schema.Struct({ type: Schema.Literal("text"), text: Schema.String })
+const Content = Schema.NullOr(Schema.Union(Schema.String, Schema.Array(Schema.Union(TextPart, ImagePart))))
+
+const FunctionName = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_.:-]{1,64}$/))
+
+const ToolCall = Schema.Struct({
+  id: opt(Short),
+  type: Schema.Literal("function"),
+  function: Schema.Struct({ name: FunctionName, arguments: Schema.String })
+})
+
+const Message = Schema.Struct({
+  role: Schema.Literal("system", "developer", "user", "assistant", "tool"),
+  content: opt(Content),
+  name: opt(Short),
+  tool_calls: opt(Schema.Array(ToolCall).pipe(Schema.maxItems(128))),
+  tool_call_id: opt(Short),
+  reasoning_content: opt(Schema.String)
+})
+
+const Tool = Schema.Struct({
+  type: Schema.Literal("function"),
+  function: Schema.Struct({
+    name: FunctionName,
+    description: opt(Schema.String),
+    parameters: opt(JsonObject),
+    strict: opt(Schema.Boolean)
+  })
+})
+
+const ToolChoice = Schema.Union(
+  Schema.Literal("none", "auto", "required"),
+  Schema.Struct({ type: Schema.Literal("function"), function: Schema.Struct({ name: FunctionName }) })
+)
+
+const ResponseFormat = Schema.Union(
+  Schema.Struct({ type: Schema.Literal("text") }),
+  Schema.Struct({ type: Schema.Literal("json_object"), schema: opt(JsonObject) }),
+  Schema.Struct({
+    type: Schema.Literal("json_schema"),
+    json_schema: Schema.Struct({
+      name: opt(Short),
+      description: opt(Schema.String),
+      schema: opt(JsonObject),
+      strict: opt(Schema.Boolean)
+    })
+  })
+)
+
+/** Sampling fields both routes take: OpenAI's, then the common llama.cpp extras. */
+const sampling = {
+  model: opt(Short),
+  stream: opt(Schema.Boolean),
+  stream_options: opt(Schema.Struct({ include_usage: opt(Schema.Boolean) })),
+  max_tokens: opt(TokenCount),
+  n_predict: opt(TokenCount),
+  temperature: opt(Num(0, 2)),
+  top_p: opt(Num(0, 1)),
+  stop: opt(Stop),
+  seed: opt(Int(-1, 2 ** 32 - 1)),
+  presence_penalty: opt(Num(-2, 2)),
+  frequency_penalty: opt(Num(-2, 2)),
+  logit_bias: opt(LogitBias),
+  n: opt(Schema.Literal(1)),
+  user: opt(Short),
+  // llama.cpp sampling extras
+  top_k: opt(Int(0, 1000)),
+  min_p: opt(Num(0, 1)),
+  typical_p: opt(Num(0, 1)),
+  repeat_penalty: opt(Num(0, 5)),
+  repeat_last_n: opt(Int(-1, 32_768)),
+  dynatemp_range: opt(Num(0, 5)),
+  dynatemp_exponent: opt(Num(0, 10)),
+  mirostat: opt(Schema.Literal(0, 1, 2)),
+  mirostat_tau: opt(Num(0, 20)),
+  mirostat_eta: opt(Num(0, 1)),
+  xtc_probability: opt(Num(0, 1)),
+  xtc_threshold: opt(Num(0, 1)),
+  top_n_sigma: opt(Num(-1, 10)),
+  dry_multiplier: opt(Num(0, 5)),
+  dry_base: opt(Num(1, 4)),
+  dry_allowed_length: opt(Int(0, 100)),
+  dry_penalty_last_n: opt(Int(-1, 32_768)),
+  dry_sequence_breakers: opt(Schema.Array(Schema.String.pipe(Schema.maxLength(64))).pipe(Schema.maxItems(MAX_STOP))),
+  min_keep: opt(Int(0, 100)),
+  n_probs: opt(Int(0, MAX_PROBS)),
+  ignore_eos: opt(Schema.Boolean),
+  cache_prompt: opt(Schema.Boolean),
+  timings_per_token: opt(Schema.Boolean),
+  grammar: opt(Schema.String),
+  json_schema: opt(JsonObject)
+}
+
+/** `POST /v1/chat/completions`. */
+export const ChatRequest = Schema.Struct({
+  ...sampling,
+  messages: Schema.Array(Message).pipe(Schema.minItems(1)),
+  max_completion_tokens: opt(TokenCount),
+  logprobs: opt(Schema.Boolean),
+  top_logprobs: opt(Int(0, MAX_PROBS)),
+  tools: opt(Schema.Array(Tool)),
+  tool_choice: opt(ToolChoice),
+  parallel_tool_calls: opt(Schema.Boolean),
+  response_format: opt(ResponseFormat),
+  chat_template_kwargs: opt(Schema.Struct({ enable_thinking: opt(Schema.Boolean) })),
+  reasoning_format: opt(Schema.Literal("none", "auto", "deepseek", "deepseek-legacy"))
+})
+export type ChatRequest = typeof ChatRequest.Type
+
+/** `POST /v1/completions` (the legacy API: `logprobs` is a count). */
+export const CompletionRequest = Schema.Struct({
+  ...sampling,
+  prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.minItems(1), Schema.maxItems(1))),
+  logprobs: opt(Int(0, MAX_PROBS)),
+  echo: opt(Schema.Literal(false)),
+  response_format: opt(ResponseFormat)
+})
+export type CompletionRequest = typeof CompletionRequest.Type
+
+export type Route = "chat" | "completion"
+
+const decoders = {
+  refuse: {
+    chat: Schema.decodeUnknownEither(ChatRequest, { onExcessProperty: "error" }),
+    completion: Schema.decodeUnknownEither(CompletionRequest, { onExcessProperty: "error" })
+  },
+  strip: {
+    chat: Schema.decodeUnknownEither(ChatRequest, { onExcessProperty: "ignore" }),
+    completion: Schema.decodeUnknownEither(CompletionRequest, { onExcessProperty: "ignore" })
+  }
+} as const
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Characters of text in a body, and whether it nests deeper than `MAX_DEPTH`. Every string counts
+ * (keys too), but an inline image's data, which the body limit bounds.
+ */
+export const measure = (value: unknown): { readonly characters: number; readonly tooDeep: boolean } => {
+  let characters = 0
+  let tooDeep = false
+  const walk = (node: unknown, depth: number, image: boolean): void => {
+    if (tooDeep) return
+    if (typeof node === "string") {
+      if (!image) characters += node.length
+      return
+    }
+    if (typeof node !== "object" || node === null) return
+    if (depth > MAX_DEPTH) {
+      tooDeep = true
+      return
+    }
+    if (Array.isArray(node)) {
+      for (const item of node) walk(item, depth + 1, false)
+      return
+    }
+    for (const key in node) {
+      characters += key.length
+      walk((node as Record<string, unknown>)[key], depth + 1, image || key === "image_url")
+    }
+  }
+  walk(value, 0, false)
+  return { characters, tooDeep }
+}
+
+const refuse = (reason: GatewayError["reason"]) => Either.left(new GatewayError({ reason }))
+
+/** The tokens a request may generate: what it asked for, capped; the cap when it asked for none (or -1). */
+const capped = (cap: number, ...asked: ReadonlyArray<number | undefined>): number => {
+  const given = asked.filter((n): n is number => n !== undefined && n > 0)
+  return given.length === 0 ? cap : Math.min(cap, ...given)
+}
+
+/**
+ * Check one parsed body for `route`: the body to send the runtime (the decoded request, re-serialised
+ * with the model's name and the capped token counts), or the refusal.
+ */
+export const check = (route: Route, body: Record<string, unknown>, options: FirewallOptions): Either.Either<string, GatewayError> => {
+  for (const key in body) if (INTERNAL_FIELDS.has(key)) return refuse("field_not_allowed")
+  if (body["model"] !== undefined && body["model"] !== options.modelName) {
+    // A wrong type is a malformed body; another name is a model this gateway does not serve.
+    return typeof body["model"] === "string" ? refuse("model_not_found") : refuse("invalid_body")
+  }
+  const { characters, tooDeep } = measure(body)
+  if (tooDeep) return refuse("invalid_body")
+  if (characters > options.maxCharacters) return refuse("request_too_large")
+  const mode = decoders[options.unknownFields]
+  let out: Record<string, unknown>
+  if (route === "chat") {
+    const decoded = mode.chat(body)
+    if (Either.isLeft(decoded)) return refuse("invalid_body")
+    const request = decoded.right
+    if (request.messages.length > options.maxMessages || (request.tools?.length ?? 0) > options.maxTools) return refuse("request_too_large")
+    const tokens = capped(options.maxTokens, request.max_tokens, request.max_completion_tokens, request.n_predict)
+    out = { ...request, max_tokens: tokens, n_predict: tokens }
+    if (request.max_completion_tokens !== undefined) out["max_completion_tokens"] = tokens
+  } else {
+    const decoded = mode.completion(body)
+    if (Either.isLeft(decoded)) return refuse("invalid_body")
+    const request = decoded.right
+    const tokens = capped(options.maxTokens, request.max_tokens, request.n_predict)
+    out = { ...request, max_tokens: tokens, n_predict: tokens }
+  }
+  out["model"] = options.modelName
+  return Either.right(JSON.stringify(out))
+}
+
+/** For tests and docs: the fields a route's schema knows. */
+export const knownFields = (route: Route): ReadonlyArray<string> =>
+  Object.keys(route === "chat" ? ChatRequest.fields : CompletionRequest.fields)
