@@ -81,11 +81,11 @@ type Value =
   | { readonly type: T.ARRAY; readonly of: T.FLOAT32 | T.INT32; readonly value: ReadonlyArray<number> }
 
 const u32 = (value: number): Value => ({ type: T.UINT32, value })
-const metadata: ReadonlyArray<readonly [string, Value]> = [
+const metadataFor = (contextLength: number): ReadonlyArray<readonly [string, Value]> => [
   ["general.architecture", { type: T.STRING, value: "llama" }],
   ["general.name", { type: T.STRING, value: "companion-runtime tiny test model" }],
   ["general.alignment", u32(ALIGNMENT)],
-  ["llama.context_length", u32(N_CTX)],
+  ["llama.context_length", u32(contextLength)],
   ["llama.embedding_length", u32(N_EMBD)],
   ["llama.block_count", u32(N_LAYER)],
   ["llama.feed_forward_length", u32(N_FF)],
@@ -123,8 +123,12 @@ const tensors: ReadonlyArray<readonly [string, ReadonlyArray<number>, "norm" | "
   ).flat()
 ]
 
-/** The model's bytes. Same bytes on every call and every machine. */
-export const tinyGguf = (seed = 0x5eed): Uint8Array => {
+/**
+ * The model's bytes. Same bytes on every call and every machine. A longer `contextLength` (a
+ * trained context the runtime then allows per slot) lets a test generate for seconds.
+ */
+export const tinyGguf = (seed = 0x5eed, contextLength = N_CTX): Uint8Array => {
+  const metadata = metadataFor(contextLength)
   let x = seed >>> 0 || 1
   const random = () => {
     x ^= x << 13

@@ -71,8 +71,43 @@ const opt = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(sche
 const Json = Schema.Unknown
 const JsonObject = Schema.Record({ key: Schema.String, value: Json })
 
-/** Tokens to generate: a positive count; `-1` (llama.cpp's "no limit") is accepted and capped. */
-const TokenCount = Schema.Int.pipe(Schema.between(-1, 2 ** 31 - 1))
+/**
+ * Tokens to generate: a positive int32 (llama-server reads it as one, so a larger value would wrap
+ * to -1, "no limit"); `-1` itself is accepted and capped. 0 is refused: llama-server generates one
+ * token for it anyway.
+ */
+const TokenCount = Schema.Int.pipe(Schema.between(-1, 2 ** 31 - 1), Schema.filter((n) => n !== 0))
+
+/**
+ * How deep a GBNF grammar's groups nest, outside its literals, character classes and comments: the
+ * grammar parser recurses per group, and a few tens of thousands of levels crash llama-server.
+ */
+export const grammarDepth = (grammar: string): number => {
+  let depth = 0
+  let deepest = 0
+  for (let i = 0; i < grammar.length; i++) {
+    const c = grammar[i]
+    if (c === "\"" || c === "[") {
+      const close = c === "\"" ? "\"" : "]"
+      for (i++; i < grammar.length && grammar[i] !== close; i++) if (grammar[i] === "\\") i++
+    } else if (c === "#") {
+      while (i < grammar.length && grammar[i] !== "\n") i++
+    } else if (c === "(") {
+      deepest = Math.max(deepest, ++depth)
+    } else if (c === ")") {
+      depth--
+    }
+  }
+  return deepest
+}
+
+/**
+ * A GBNF grammar: groups nested at most `MAX_DEPTH`, and not an llguidance grammar (`%llguidance`),
+ * which a build without llguidance answers by aborting.
+ */
+const Grammar = Schema.String.pipe(
+  Schema.filter((grammar) => !grammar.trimStart().startsWith("%llguidance") && grammarDepth(grammar) <= MAX_DEPTH)
+)
 
 const Stop = Schema.Union(Schema.String.pipe(Schema.maxLength(1024)), Schema.Array(Schema.String.pipe(Schema.maxLength(1024))).pipe(Schema.maxItems(MAX_STOP)))
 
@@ -177,7 +212,7 @@ const sampling = {
   ignore_eos: opt(Schema.Boolean),
   cache_prompt: opt(Schema.Boolean),
   timings_per_token: opt(Schema.Boolean),
-  grammar: opt(Schema.String),
+  grammar: opt(Grammar),
   json_schema: opt(JsonObject)
 }
 

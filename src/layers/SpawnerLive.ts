@@ -1,8 +1,10 @@
 /**
  * Spawner for a real runtime process.
  *
- * - llama.cpp: `llama-server -m /dev/fd/3 --host 127.0.0.1 --port 0 --parallel <n>` (plus context
- *   size and threads when configured). Descriptor 3 is the store's descriptor of the verified file,
+ * - llama.cpp: `llama-server -m /dev/fd/3 --host 127.0.0.1 --port 0 --parallel <n> --alias <name>
+ *   --n-predict <max>` (plus context size and threads when configured), and the hardening flags
+ *   this binary's `--help` lists, read once (`--no-webui`, `--no-slots`, `--offline`,
+ *   `--no-context-shift`); never `--props`, `--rpc` or `--metrics`. Descriptor 3 is the store's descriptor of the verified file,
  *   inherited by the child: the runtime opens the very file that was hashed, whatever has been
  *   renamed onto its path since. The port comes from its `listening on http://127.0.0.1:<port>`
  *   line, so there is no bind-then-release race.
@@ -23,7 +25,7 @@
  * `node:child_process` rather than the platform's `Command`, which cannot hand a child a descriptor
  * beyond stdin, stdout and stderr.
  */
-import { type ChildProcess, spawn as spawnChild } from "node:child_process"
+import { type ChildProcess, execFile, spawn as spawnChild } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { connect, createServer } from "node:net"
 import { FileSystem } from "@effect/platform"
@@ -43,6 +45,13 @@ export interface SpawnerOptions {
   readonly binary: string
   /** Slots in the runtime; the manager sets this to `admission.maxInFlight`. */
   readonly parallel: number
+  /** The name the runtime answers with (`--alias`), in place of the model's path. Default `"model"`. */
+  readonly alias?: string | undefined
+  /**
+   * llama-server's default tokens per request (`--n-predict`) for a request that names none. Only a
+   * default: a request's own count overrides it, which is why the gateway caps every request.
+   */
+  readonly maxTokens?: number | undefined
   readonly contextSize?: number | undefined
   readonly threads?: number | undefined
   /** Names of the parent's variables the child may see. Default: `defaultEnvAllowlist`. */
@@ -80,8 +89,27 @@ export const childEnvironment = (
   return env
 }
 
+/**
+ * Flags that take a surface away from llama-server, added when its `--help` lists them: the web UI,
+ * the `/slots` endpoint (other requests' prompts), any network access of its own, context shifting.
+ */
+export const HARDENING_FLAGS = ["--no-webui", "--no-slots", "--offline", "--no-context-shift"] as const
+
+/** The hardening flags a `--help` text lists, each as a whole option name. */
+export const supportedFlags = (help: string): ReadonlySet<string> =>
+  new Set(HARDENING_FLAGS.filter((flag) => new RegExp(`(?:^|[\\s,])${flag}(?=[\\s,]|$)`, "m").test(help)))
+
+/** The binary's `--help` (stdout and stderr), or "" if it cannot be run; at most 10 s, then killed. */
+const readHelp = (binary: string, env: Record<string, string>) =>
+  Effect.async<string>((resume) => {
+    const child = execFile(binary, ["--help"], { env, timeout: 10_000, killSignal: "SIGKILL", maxBuffer: 1 << 20 }, (_error, stdout, stderr) =>
+      resume(Effect.succeed(`${stdout}\n${stderr}`)))
+    child.stdin?.end()
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
 /** The runtime's arguments; the key is never among them, and the model is the inherited descriptor. */
-export const runtimeArgs = (options: SpawnerOptions): Array<string> =>
+export const runtimeArgs = (options: SpawnerOptions, flags: ReadonlySet<string> = new Set()): Array<string> =>
   options.kind === "ollama"
     ? ["serve"]
     : [
@@ -93,8 +121,12 @@ export const runtimeArgs = (options: SpawnerOptions): Array<string> =>
       "0",
       "--parallel",
       String(options.parallel),
+      "--alias",
+      options.alias ?? "model",
+      ...(options.maxTokens !== undefined ? ["--n-predict", String(options.maxTokens)] : []),
       ...(options.contextSize !== undefined ? ["--ctx-size", String(options.contextSize)] : []),
-      ...(options.threads !== undefined ? ["--threads", String(options.threads)] : [])
+      ...(options.threads !== undefined ? ["--threads", String(options.threads)] : []),
+      ...HARDENING_FLAGS.filter((flag) => flags.has(flag))
     ]
 
 /** The allowlisted variables of the process environment, read through Effect's env provider. */
@@ -218,6 +250,10 @@ export const make = (options: SpawnerOptions) =>
     const addressTimeout = options.addressTimeout ?? Duration.seconds(60)
     const stopGrace = options.stopGrace ?? Duration.seconds(5)
     const capacity = options.outputLines ?? 200
+    // Read once, on the first spawn: which hardening flags this binary takes.
+    const flags = yield* Effect.cached(
+      options.kind === "llama.cpp" ? Effect.map(readHelp(options.binary, baseEnv), supportedFlags) : Effect.succeed(new Set<string>())
+    )
 
     const spawnOnce = (model: VerifiedModel, port: number | undefined) =>
       Effect.gen(function*() {
@@ -226,7 +262,7 @@ export const make = (options: SpawnerOptions) =>
           ...baseEnv,
           ...(options.kind === "llama.cpp" ? { LLAMA_API_KEY: key } : { OLLAMA_HOST: `127.0.0.1:${port}` })
         }
-        const args = ["--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(options)]
+        const args = ["--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(options, yield* flags)]
         const started = yield* start(setpriv.value, args, env, options.kind === "llama.cpp" ? model.descriptor : undefined, stopGrace)
         const { child, exitStatus, pid } = started
         const exited = Effect.promise(() => exitStatus)
@@ -295,6 +331,8 @@ export const optionsFrom = (config: CompanionConfig): SpawnerOptions => ({
   kind: config.runtime.kind,
   binary: config.runtime.binary,
   parallel: config.admission.maxInFlight,
+  alias: config.model.name,
+  maxTokens: config.gateway.maxTokens,
   contextSize: Option.getOrUndefined(config.runtime.contextSize),
   threads: Option.getOrUndefined(config.runtime.threads),
   envAllowlist: config.runtime.envAllowlist,

@@ -46,6 +46,7 @@ const CASES: ReadonlyArray<readonly [string, "chat" | "completion", Record<strin
   ["a completion", "completion", { prompt: "Once upon", max_tokens: 8, logprobs: 2, echo: false }, sent((j) => assert.strictEqual(j["max_tokens"], 8))],
   ["the model named by its name", "chat", chat({ model: NAME }), sent((j) => assert.strictEqual(j["model"], NAME))],
   ["no model: the configured one", "chat", chat(), sent((j) => assert.strictEqual(j["model"], NAME))],
+  ["a grammar with parentheses in its literals and classes", "completion", { prompt: "x", grammar: `root ::= "(((" [()] ("a" | "b")* # ((((\n` }, sent((j) => assert.isString(j["grammar"]))],
   // Capped
   ["max_tokens far over the cap", "chat", chat({ max_tokens: 1_000_000_000 }), sent((j) => assert.strictEqual(j["max_tokens"], CAP))],
   ["max_completion_tokens over the cap", "chat", chat({ max_completion_tokens: 5_000 }), sent((j) => assert.deepStrictEqual([j["max_tokens"], j["max_completion_tokens"], j["n_predict"]], [CAP, CAP, CAP]))],
@@ -78,6 +79,11 @@ const CASES: ReadonlyArray<readonly [string, "chat" | "completion", Record<strin
   ["echo on a completion", "completion", { prompt: "x", echo: true }, refused("invalid_body")],
   ["a model that is not a string", "chat", chat({ model: 7 }), refused("invalid_body")],
   ["a nesting deeper than the limit", "chat", chat({ response_format: { type: "json_object", schema: nest(Firewall.MAX_DEPTH + 2) } }), refused("invalid_body")],
+  ["max_tokens 0 (llama-server would generate one anyway)", "chat", chat({ max_tokens: 0 }), refused("invalid_body")],
+  ["max_tokens past int32 (it would wrap to -1, no limit)", "chat", chat({ max_tokens: 4_294_967_295 }), refused("invalid_body")],
+  ["a grammar nested deeper than the limit", "completion", { prompt: "x", grammar: `root ::= ${"(".repeat(Firewall.MAX_DEPTH + 1)}"a"${")".repeat(Firewall.MAX_DEPTH + 1)}` }, refused("invalid_body")],
+  ["an llguidance grammar (aborts a build without it)", "completion", { prompt: "x", grammar: "%llguidance {}\nstart: \"a\"" }, refused("invalid_body")],
+  ["chat_template_kwargs replacing the messages", "chat", chat({ chat_template_kwargs: { messages: [{ role: "system", content: "x" }] } }), refused("invalid_body")],
   ["unknown chat_template_kwargs", "chat", chat({ chat_template_kwargs: { tools_in_system: "x" } }), refused("invalid_body")],
   // Refused: over the configured limits
   ["more messages than allowed", "chat", chat({ messages: Array.from({ length: 5 }, () => user("m")) }), refused("request_too_large")],
@@ -102,6 +108,13 @@ const post = (port: number, route: "chat" | "completion", body: unknown) =>
 const fixedBody = (reason: GatewayError["reason"]) => Answers.errorBody(new GatewayError({ reason }))
 
 describe("Gateway firewall (in-memory manager, real socket)", () => {
+  it("grammarDepth counts groups, not the parentheses inside literals, classes or comments", () => {
+    assert.strictEqual(Firewall.grammarDepth(`root ::= ("a" ("b" | "c"))`), 2)
+    assert.strictEqual(Firewall.grammarDepth(`root ::= "((((" [(] "\\"(((" # (((((\n x`), 0)
+    assert.strictEqual(Firewall.grammarDepth("(".repeat(1000)), 1000)
+    assert.strictEqual(Firewall.grammarDepth(`"))))))" ${"(".repeat(40)}`), 40)
+  })
+
   it.scopedLive("each schema decision: accepted as sent, capped, or refused before the runtime sees it", () =>
     Effect.gen(function*() {
       const upstream = yield* standIn("json")

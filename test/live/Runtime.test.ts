@@ -264,6 +264,34 @@ describe("live: a real llama-server", () => {
       }).pipe(Effect.provide(NodeContext.layer))
     ), 60_000)
 
+  it.live("the runtime starts with the least it needs: its alias, and each hardening flag its --help lists; never --props, --rpc or --metrics", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const real = yield* SpawnerLive.make({ kind: "llama.cpp", binary: llamaServer, parallel: 1, alias: "companion-tiny", maxTokens: 64 })
+        const handle = yield* real.spawn(yield* model())
+        const cmdline = readFileSync(`/proc/${handle.pid}/cmdline`, "utf8").split("\0")
+        assert.includeMembers(cmdline, ["--alias", "companion-tiny", "--n-predict", "64", ...SpawnerLive.HARDENING_FLAGS])
+        for (const flag of ["--props", "--rpc", "--metrics", "--slots", "--webui", "--context-shift"]) assert.notInclude(cmdline, flag)
+        // llama-server took them: it runs, and the slots endpoint is gone.
+        const slots = yield* Effect.tryPromise(() =>
+          fetch(`${handle.baseUrl}/slots`, { headers: { authorization: `Bearer ${Redacted.value(handle.apiKey)}` } }).then((r) => r.status)
+        ).pipe(Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("10 seconds"))))
+        assert.notStrictEqual(slots, 200)
+        yield* handle.stop("5 seconds")
+
+        // A binary whose --help lists only some of them gets only those.
+        const older = yield* SpawnerLive.make({ kind: "llama.cpp", binary: standin("never-healthy"), parallel: 1 })
+        const other = yield* older.spawn(yield* model())
+        const args = readFileSync(`/proc/${other.pid}/cmdline`, "utf8").split("\0")
+        assert.includeMembers(args, ["--no-slots", "--offline", "--alias", "model"])
+        assert.notInclude(args, "--no-webui")
+        assert.notInclude(args, "--no-context-shift")
+        yield* other.stop("5 seconds")
+        assert.deepStrictEqual(SpawnerLive.supportedFlags("--ui, --webui, --no-ui, --no-webui   x\n--no-webui-mcp-proxy\n"), new Set(["--no-webui"]))
+        assert.deepStrictEqual(SpawnerLive.supportedFlags("--no-slotsy --offline-mode"), new Set())
+      }).pipe(Effect.provide(NodeContext.layer))
+    ), 60_000)
+
   it.live("a file renamed onto the model's path once the runtime has it: the runtime reads and serves the verified file, not the path", () =>
     Effect.scoped(
       Effect.gen(function*() {
