@@ -232,13 +232,16 @@ export const ChatRequest = Schema.Struct({
 })
 export type ChatRequest = typeof ChatRequest.Type
 
-/** `POST /v1/completions` (the legacy API: `logprobs` is a count). */
+/**
+ * `POST /v1/completions` (the legacy API: `logprobs` is a count). No `response_format`: llama-server
+ * reads it only on the chat route, so a client asking for JSON here would silently not get it;
+ * `json_schema` and `grammar` are the completion route's constraints.
+ */
 export const CompletionRequest = Schema.Struct({
   ...sampling,
   prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.minItems(1), Schema.maxItems(1))),
   logprobs: opt(Int(0, MAX_PROBS)),
-  echo: opt(Schema.Literal(false)),
-  response_format: opt(ResponseFormat)
+  echo: opt(Schema.Literal(false))
 })
 export type CompletionRequest = typeof CompletionRequest.Type
 
@@ -261,7 +264,9 @@ const decoders = {
 
 /**
  * Characters of text in a body, and whether it nests deeper than `MAX_DEPTH`. Every string counts
- * (keys too), but an inline image's data, which the body limit bounds.
+ * (keys too), but an inline image's data, which the body limit bounds; every other value counts
+ * one, so a schema cannot hide a million-entry `enum` of numbers (each an alternative in the
+ * grammar llama-server would compile).
  */
 export const measure = (value: unknown): { readonly characters: number; readonly tooDeep: boolean } => {
   let characters = 0
@@ -272,7 +277,10 @@ export const measure = (value: unknown): { readonly characters: number; readonly
       if (!image) characters += node.length
       return
     }
-    if (typeof node !== "object" || node === null) return
+    if (typeof node !== "object" || node === null) {
+      characters += 1
+      return
+    }
     if (depth > MAX_DEPTH) {
       tooDeep = true
       return

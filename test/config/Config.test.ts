@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, ConfigProvider, Duration, Effect, Exit, Option, Redacted, Schema } from "effect"
-import { CompanionConfig, CompanionConfigSchema, decodeFile, encode, keys, readConfig } from "../../src/config/Config.js"
+import { CompanionConfig, CompanionConfigSchema, decodeFile, encode, keys, nameFrom, readConfig } from "../../src/config/Config.js"
 
 const MODEL = { sha256: "ab".repeat(32), sizeBytes: 1234, source: "https://models.example.com/org/repo/resolve/abc/m.gguf" }
 
@@ -174,6 +174,30 @@ describe("one configuration", () => {
       // config passes, and so does one under a rewritten path (not checked there).
       yield* Effect.withConfigProvider(readConfig, ConfigProvider.fromJson({ ...full, PATH: "/usr/bin" }))
       yield* Effect.withConfigProvider(readConfig, ConfigProvider.nested(ConfigProvider.fromJson({ companion: full }), "companion"))
+    }))
+
+  it.effect("model.name: by default the source's file name without its extension; a given one must be a plain name", () =>
+    Effect.gen(function*() {
+      const derived = yield* decodeFile({ model: MODEL, allowedSources: full.allowedSources })
+      assert.strictEqual(derived.model.name, "m")
+      assert.strictEqual((yield* fromProvider(ConfigProvider.fromJson({ model: MODEL, allowedSources: full.allowedSources }))).model.name, "m")
+      for (const bad of ["", "../etc", "/home/user/model", "a b", "x".repeat(65), "-flag", "name\n"]) {
+        const error = yield* Effect.flip(decodeFile({ model: { ...MODEL, name: bad }, allowedSources: full.allowedSources }))
+        assert.strictEqual(error.problems.length, 1, JSON.stringify(bad))
+        assert.match(error.problems[0] ?? "", /^model\.name: expected a model name/)
+      }
+      const url = (path: string) => new URL(`https://models.example.com${path}`)
+      assert.strictEqual(nameFrom(url("/unsloth/Qwen3.5-0.8B-GGUF/resolve/6ab4/Qwen3.5-0.8B-Q4_K_M.gguf")), "Qwen3.5-0.8B-Q4_K_M")
+      assert.strictEqual(nameFrom(url("/a/my%20model%2Bv2.gguf")), "my-model-v2")
+      assert.strictEqual(nameFrom(url("/a/model")), "model")
+      assert.strictEqual(nameFrom(url("/a/.gguf")), "gguf")
+      assert.strictEqual(nameFrom(url("/a/")), "model")
+      assert.strictEqual(nameFrom(url("/a/%ZZbroken.gguf")), "ZZbroken")
+      assert.strictEqual(nameFrom(url(`/a/${"n".repeat(100)}.gguf`)).length, 64)
+      // Whatever the URL, the derived name is one the schema accepts.
+      for (const path of ["/a/%2e%2e.gguf", "/a/---.gguf", "/a/%F0%9F%A6%99.gguf", "/a/x y.q4.gguf"]) {
+        assert.match(nameFrom(url(path)), /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/, path)
+      }
     }))
 
   it.effect("an empty list reads as empty both ways", () =>

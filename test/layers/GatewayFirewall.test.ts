@@ -77,6 +77,7 @@ const CASES: ReadonlyArray<readonly [string, "chat" | "completion", Record<strin
   ["a logit_bias key that is not a token id", "chat", chat({ logit_bias: { hello: 5 } }), refused("invalid_body")],
   ["a logit_bias out of range", "chat", chat({ logit_bias: { "15": 101 } }), refused("invalid_body")],
   ["echo on a completion", "completion", { prompt: "x", echo: true }, refused("invalid_body")],
+  ["response_format on a completion (llama-server reads it on chat only)", "completion", { prompt: "x", response_format: { type: "json_object" } }, refused("invalid_body")],
   ["a model that is not a string", "chat", chat({ model: 7 }), refused("invalid_body")],
   ["a nesting deeper than the limit", "chat", chat({ response_format: { type: "json_object", schema: nest(Firewall.MAX_DEPTH + 2) } }), refused("invalid_body")],
   ["max_tokens 0 (llama-server would generate one anyway)", "chat", chat({ max_tokens: 0 }), refused("invalid_body")],
@@ -90,6 +91,7 @@ const CASES: ReadonlyArray<readonly [string, "chat" | "completion", Record<strin
   ["more tools than allowed", "chat", chat({ tools: Array.from({ length: 3 }, (_, i) => ({ type: "function", function: { name: `f${i}` } })) }), refused("request_too_large")],
   ["more characters than allowed", "chat", chat({ messages: [user("x".repeat(2_001))] }), refused("request_too_large")],
   ["characters hidden in a tool's schema", "chat", chat({ tools: [{ type: "function", function: { name: "f", parameters: { description: "y".repeat(2_001) } } }] }), refused("request_too_large")],
+  ["a schema's enum of numbers over the characters (each value counts)", "completion", { prompt: "x", json_schema: { enum: Array.from({ length: 2_001 }, (_, i) => i) } }, refused("request_too_large")],
   ["a grammar over the characters", "completion", { prompt: "x", grammar: "g".repeat(2_001) }, refused("request_too_large")],
   // Refused: another model
   ["another model's name", "chat", chat({ model: "gpt-4o" }), refused("model_not_found")],
