@@ -63,7 +63,7 @@ const parseObject = (body: Uint8Array) =>
 const forward = (
   manager: RuntimeManager["Type"],
   agent: Agent,
-  deadline: Duration.Duration,
+  deadlineMillis: number,
   method: "GET" | "POST",
   path: string,
   body?: Buffer
@@ -71,10 +71,10 @@ const forward = (
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     const response = Relay.responseOf(request)
     return manager.run((endpoint) =>
-      Effect.flatMap(Relay.send(agent, endpoint, method, path, body), (answer) => Relay.relay(answer, response)).pipe(
-        Effect.scoped,
-        Effect.timeoutFail({ duration: deadline, onTimeout: () => new GatewayError({ reason: "generation_timeout" }) })
-      )
+      Effect.flatMap(Relay.makeDeadline(deadlineMillis), (deadline) =>
+        Effect.flatMap(Relay.send(agent, endpoint, method, path, body, deadline), (answer) => Relay.relay(answer, response, deadline))).pipe(
+          Effect.scoped
+        )
     ).pipe(
       Effect.catchAll((error) => (response.headersSent ? Relay.cutOff(response, error) : Effect.fail(error))),
       Effect.as(Answers.relayed)
@@ -88,7 +88,7 @@ export const makeApp = (options: GatewayOptions = {}) =>
     const server = yield* HttpServer.HttpServer
     const limit = options.maxBodyBytes ?? 8 * 1024 * 1024
     const retryAfter = options.retryAfterSeconds ?? 1
-    const deadline = Duration.decode(options.generationTimeout ?? Duration.minutes(5))
+    const deadline = Duration.toMillis(Duration.decode(options.generationTimeout ?? Duration.minutes(5)))
     const firewall: Firewall.FirewallOptions = {
       modelName: options.modelName ?? "model",
       unknownFields: options.unknownFields ?? "refuse",

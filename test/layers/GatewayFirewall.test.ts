@@ -216,6 +216,15 @@ describe("Gateway firewall (in-memory manager, real socket)", () => {
       yield* slotsFreed
     }).pipe(Effect.provide(gateway({ ...options, generationTimeout: "300 millis" }))))
 
+  it.scopedLive("a deadline longer than a Node timer can hold (24.8 days) is not a deadline of 1 ms", () =>
+    Effect.gen(function*() {
+      yield* standIn("json")
+      yield* start
+      const port = yield* portOf
+      const answer = yield* post(port, "chat", chat())
+      assert.strictEqual(answer.status, 200, answer.text)
+    }).pipe(Effect.provide(gateway({ ...options, generationTimeout: "30 days" }))))
+
   it.scopedLive("a stream past the deadline ends with the error event and no final chunk; the upstream request is aborted", () =>
     Effect.gen(function*() {
       const upstream = yield* standIn("sse")
