@@ -1,28 +1,47 @@
 /**
- * A tiny, deterministic, valid GGUF (v3) llama model, about 0.5 MB, that llama-server loads and
- * serves: 2 blocks, embedding 64, 4 heads and 4 KV heads, feed-forward 128, context 512, F32
+ * Deterministic, valid GGUF (v3) llama models that llama-server loads and serves. `tinyGguf()` is
+ * about 0.5 MB: 2 blocks, embedding 64, 4 heads and 4 KV heads, feed-forward 128, context 512, F32
  * tensors, and a `llama` tokenizer of 260 tokens (<unk>, <s>, </s>, the 256 byte tokens, ▁).
- * Weights are seeded random, so the text it writes is gibberish; the serving path is real.
+ * `makeGguf(shape)` makes any shape (layers, embedding, heads, KV heads, feed-forward, vocabulary,
+ * context; F32, F16 or Q8_0 weights; a chat template). Weights are seeded random, so the text it
+ * writes is gibberish; the serving path is real.
  *
  *   npx tsx scripts/tiny-gguf.ts <out.gguf>    writes the file and prints its SHA-256 and size
  */
 import { createHash } from "node:crypto"
 import { writeFileSync } from "node:fs"
 
-const N_EMBD = 64
-const N_HEAD = 4
-const N_HEAD_KV = 4
-const N_FF = 128
-const N_LAYER = 2
-const N_CTX = 512
+/** A model's shape. */
+export interface GgufShape {
+  readonly layers: number
+  readonly embedding: number
+  readonly heads: number
+  readonly headsKv: number
+  readonly feedForward: number
+  /** At least 260 (the byte tokens); the rest are filler tokens. */
+  readonly vocabulary: number
+  readonly context: number
+  /** The matrices' type; norms stay F32. Q8_0 needs embedding and feed-forward multiples of 32. */
+  readonly weights: "F32" | "F16" | "Q8_0"
+  readonly chatTemplate?: string | undefined
+  readonly seed?: number | undefined
+}
+
+export const TINY: GgufShape = { layers: 2, embedding: 64, heads: 4, headsKv: 4, feedForward: 128, vocabulary: 260, context: 512, weights: "F32" }
 const ALIGNMENT = 32
 
-const tokens = ["<unk>", "<s>", "</s>", ...Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`), "\u2581"]
+const tokensFor = (vocabulary: number) => [
+  "<unk>",
+  "<s>",
+  "</s>",
+  ...Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`),
+  "\u2581",
+  ...Array.from({ length: Math.max(0, vocabulary - 260) }, (_, i) => `\u2581t${i}`)
+]
 // llama.cpp token types: 1 normal, 2 unknown, 3 control, 6 byte.
-const tokenTypes = tokens.map((_, i) => (i === 0 ? 2 : i < 3 ? 3 : i < 259 ? 6 : 1))
-const N_VOCAB = tokens.length
+const tokenTypeOf = (i: number) => (i === 0 ? 2 : i < 3 ? 3 : i < 259 ? 6 : 1)
 
-enum T {
+export enum T {
   UINT32 = 4,
   INT32 = 5,
   FLOAT32 = 6,
@@ -30,7 +49,8 @@ enum T {
   ARRAY = 9
 }
 
-class Writer {
+/** A little-endian GGUF writer (also for tests that craft broken files). */
+export class Writer {
   private chunks: Array<Uint8Array> = []
   length = 0
   private push(bytes: Uint8Array) {
@@ -47,7 +67,7 @@ class Writer {
     b.writeInt32LE(n)
     this.push(b)
   }
-  u64(n: number) {
+  u64(n: number | bigint) {
     const b = Buffer.alloc(8)
     b.writeBigUInt64LE(BigInt(n))
     this.push(b)
@@ -81,55 +101,102 @@ type Value =
   | { readonly type: T.ARRAY; readonly of: T.FLOAT32 | T.INT32; readonly value: ReadonlyArray<number> }
 
 const u32 = (value: number): Value => ({ type: T.UINT32, value })
-const metadataFor = (contextLength: number): ReadonlyArray<readonly [string, Value]> => [
-  ["general.architecture", { type: T.STRING, value: "llama" }],
-  ["general.name", { type: T.STRING, value: "companion-runtime tiny test model" }],
-  ["general.alignment", u32(ALIGNMENT)],
-  ["llama.context_length", u32(contextLength)],
-  ["llama.embedding_length", u32(N_EMBD)],
-  ["llama.block_count", u32(N_LAYER)],
-  ["llama.feed_forward_length", u32(N_FF)],
-  ["llama.attention.head_count", u32(N_HEAD)],
-  ["llama.attention.head_count_kv", u32(N_HEAD_KV)],
-  ["llama.attention.layer_norm_rms_epsilon", { type: T.FLOAT32, value: 1e-5 }],
-  ["llama.rope.dimension_count", u32(N_EMBD / N_HEAD)],
-  ["llama.vocab_size", u32(N_VOCAB)],
-  ["tokenizer.ggml.model", { type: T.STRING, value: "llama" }],
-  ["tokenizer.ggml.tokens", { type: T.ARRAY, of: T.STRING, value: tokens }],
-  ["tokenizer.ggml.scores", { type: T.ARRAY, of: T.FLOAT32, value: tokens.map(() => 0) }],
-  ["tokenizer.ggml.token_type", { type: T.ARRAY, of: T.INT32, value: tokenTypes }],
-  ["tokenizer.ggml.unknown_token_id", u32(0)],
-  ["tokenizer.ggml.bos_token_id", u32(1)],
-  ["tokenizer.ggml.eos_token_id", u32(2)]
-]
+const FILE_TYPE = { F32: 0, F16: 1, Q8_0: 7 } as const
+const TYPE_ID = { F32: 0, F16: 1, Q8_0: 8 } as const
+
+const metadataFor = (shape: GgufShape): ReadonlyArray<readonly [string, Value]> => {
+  const tokens = tokensFor(shape.vocabulary)
+  return [
+    ["general.architecture", { type: T.STRING, value: "llama" }],
+    ["general.name", { type: T.STRING, value: "companion-runtime tiny test model" }],
+    ["general.alignment", u32(ALIGNMENT)],
+    ...(shape.weights === "F32" ? [] : [["general.file_type", u32(FILE_TYPE[shape.weights])] as const]),
+    ["llama.context_length", u32(shape.context)],
+    ["llama.embedding_length", u32(shape.embedding)],
+    ["llama.block_count", u32(shape.layers)],
+    ["llama.feed_forward_length", u32(shape.feedForward)],
+    ["llama.attention.head_count", u32(shape.heads)],
+    ["llama.attention.head_count_kv", u32(shape.headsKv)],
+    ["llama.attention.layer_norm_rms_epsilon", { type: T.FLOAT32, value: 1e-5 }],
+    ["llama.rope.dimension_count", u32(shape.embedding / shape.heads)],
+    ["llama.vocab_size", u32(tokens.length)],
+    ["tokenizer.ggml.model", { type: T.STRING, value: "llama" }],
+    ["tokenizer.ggml.tokens", { type: T.ARRAY, of: T.STRING, value: tokens }],
+    ["tokenizer.ggml.scores", { type: T.ARRAY, of: T.FLOAT32, value: tokens.map(() => 0) }],
+    ["tokenizer.ggml.token_type", { type: T.ARRAY, of: T.INT32, value: tokens.map((_, i) => tokenTypeOf(i)) }],
+    ["tokenizer.ggml.unknown_token_id", u32(0)],
+    ["tokenizer.ggml.bos_token_id", u32(1)],
+    ["tokenizer.ggml.eos_token_id", u32(2)],
+    ...(shape.chatTemplate === undefined ? [] : [["tokenizer.chat_template", { type: T.STRING, value: shape.chatTemplate }] as const])
+  ]
+}
 
 /** Tensors as ggml sees them: ne[0] (the row length) first. */
-const tensors: ReadonlyArray<readonly [string, ReadonlyArray<number>, "norm" | "weight"]> = [
-  ["token_embd.weight", [N_EMBD, N_VOCAB], "weight"],
-  ["output_norm.weight", [N_EMBD], "norm"],
-  ["output.weight", [N_EMBD, N_VOCAB], "weight"],
-  ...Array.from({ length: N_LAYER }, (_, i) =>
-    [
-      [`blk.${i}.attn_norm.weight`, [N_EMBD], "norm"],
-      [`blk.${i}.attn_q.weight`, [N_EMBD, N_EMBD], "weight"],
-      [`blk.${i}.attn_k.weight`, [N_EMBD, (N_EMBD / N_HEAD) * N_HEAD_KV], "weight"],
-      [`blk.${i}.attn_v.weight`, [N_EMBD, (N_EMBD / N_HEAD) * N_HEAD_KV], "weight"],
-      [`blk.${i}.attn_output.weight`, [N_EMBD, N_EMBD], "weight"],
-      [`blk.${i}.ffn_norm.weight`, [N_EMBD], "norm"],
-      [`blk.${i}.ffn_gate.weight`, [N_EMBD, N_FF], "weight"],
-      [`blk.${i}.ffn_up.weight`, [N_EMBD, N_FF], "weight"],
-      [`blk.${i}.ffn_down.weight`, [N_FF, N_EMBD], "weight"]
-    ] as const
-  ).flat()
-]
+const tensorsFor = (shape: GgufShape): ReadonlyArray<readonly [string, ReadonlyArray<number>, "norm" | "weight"]> => {
+  const { embedding: e, feedForward: ff, heads, headsKv, layers, vocabulary } = shape
+  const kv = (e / heads) * headsKv
+  return [
+    ["token_embd.weight", [e, vocabulary], "weight"],
+    ["output_norm.weight", [e], "norm"],
+    ["output.weight", [e, vocabulary], "weight"],
+    ...Array.from({ length: layers }, (_, i) =>
+      [
+        [`blk.${i}.attn_norm.weight`, [e], "norm"],
+        [`blk.${i}.attn_q.weight`, [e, e], "weight"],
+        [`blk.${i}.attn_k.weight`, [e, kv], "weight"],
+        [`blk.${i}.attn_v.weight`, [e, kv], "weight"],
+        [`blk.${i}.attn_output.weight`, [e, e], "weight"],
+        [`blk.${i}.ffn_norm.weight`, [e], "norm"],
+        [`blk.${i}.ffn_gate.weight`, [e, ff], "weight"],
+        [`blk.${i}.ffn_up.weight`, [e, ff], "weight"],
+        [`blk.${i}.ffn_down.weight`, [ff, e], "weight"]
+      ] as const
+    ).flat()
+  ]
+}
+
+/** IEEE 754 half from a float (round to nearest; no NaN or infinity in what is written here). */
+const toHalf = (value: number): number => {
+  const f = new Float32Array([value])
+  const x = new Uint32Array(f.buffer)[0]!
+  const sign = (x >>> 16) & 0x8000
+  const exp = ((x >>> 23) & 0xff) - 127 + 15
+  const mant = x & 0x7fffff
+  if (exp <= 0) return sign
+  if (exp >= 31) return sign | 0x7bff
+  return sign | (exp << 10) | Math.round(mant / 0x2000)
+}
+
+/** The tensor's bytes in `type`: F32, F16, or Q8_0 (blocks of 32: an F16 scale, then 32 int8). */
+const encode = (values: Float32Array, type: "F32" | "F16" | "Q8_0"): Uint8Array => {
+  if (type === "F32") return new Uint8Array(values.buffer)
+  if (type === "F16") {
+    const out = Buffer.alloc(values.length * 2)
+    values.forEach((v, i) => out.writeUInt16LE(Math.min(0xffff, toHalf(v)), i * 2))
+    return out
+  }
+  const out = Buffer.alloc((values.length / 32) * 34)
+  for (let b = 0; b < values.length / 32; b++) {
+    const block = values.subarray(b * 32, b * 32 + 32)
+    const max = block.reduce((m, v) => Math.max(m, Math.abs(v)), 0)
+    const d = max / 127
+    out.writeUInt16LE(toHalf(d), b * 34)
+    for (let i = 0; i < 32; i++) out.writeInt8(d === 0 ? 0 : Math.round(block[i]! / d), b * 34 + 2 + i)
+  }
+  return out
+}
 
 /**
- * The model's bytes. Same bytes on every call and every machine. A longer `contextLength` (a
+ * The tiny model's bytes. Same bytes on every call and every machine. A longer `contextLength` (a
  * trained context the runtime then allows per slot) lets a test generate for seconds.
  */
-export const tinyGguf = (seed = 0x5eed, contextLength = N_CTX): Uint8Array => {
-  const metadata = metadataFor(contextLength)
-  let x = seed >>> 0 || 1
+export const tinyGguf = (seed = 0x5eed, contextLength = TINY.context): Uint8Array => makeGguf({ ...TINY, seed, context: contextLength })
+
+/** A model of `shape`: deterministic for a seed. */
+export const makeGguf = (shape: GgufShape): Uint8Array => {
+  const metadata = metadataFor(shape)
+  const tensors = tensorsFor(shape)
+  let x = (shape.seed ?? 0x5eed) >>> 0 || 1
   const random = () => {
     x ^= x << 13
     x >>>= 0
@@ -164,22 +231,24 @@ export const tinyGguf = (seed = 0x5eed, contextLength = N_CTX): Uint8Array => {
   }
 
   let offset = 0
-  const data: Array<Float32Array> = []
+  const data: Array<Uint8Array> = []
   for (const [name, dims, kind] of tensors) {
     const count = dims.reduce((a, b) => a * b, 1)
     const values = new Float32Array(count)
     for (let i = 0; i < count; i++) values[i] = kind === "norm" ? 1 : (random() - 0.5) * 0.1
-    data.push(values)
+    const type = kind === "norm" ? "F32" : shape.weights
+    const bytes = encode(values, type)
+    data.push(bytes)
     w.str(name)
     w.u32(dims.length)
     for (const d of dims) w.u64(d)
-    w.u32(0) // GGML_TYPE_F32
+    w.u32(TYPE_ID[type])
     w.u64(offset)
-    offset += Math.ceil((count * 4) / ALIGNMENT) * ALIGNMENT
+    offset += Math.ceil(bytes.length / ALIGNMENT) * ALIGNMENT
   }
   w.pad(ALIGNMENT)
-  for (const values of data) {
-    w.bytes(new Uint8Array(values.buffer))
+  for (const bytes of data) {
+    w.bytes(bytes)
     w.pad(ALIGNMENT)
   }
   return w.result()
