@@ -49,13 +49,24 @@ const verify = Command.make(
   ({ file, sha256, size }) => report(Effect.flatMap(Effect.promise(() => import("./verify.js")), (m) => m.verify(file, sha256, size)))
 ).pipe(Command.withDescription("Stream-verify a local file against a SHA-256 and a size; the exit code is the verdict."))
 
+const inspect = Command.make(
+  "inspect",
+  {
+    file: Args.file({ name: "file", exists: "yes" }),
+    context: Options.integer("context").pipe(Options.optional, Options.withDescription("the runtime's context size (-c)")),
+    parallel: Options.integer("parallel").pipe(Options.optional, Options.withDescription("the runtime's slots (-np)")),
+    config: Options.file("config", { exists: "yes" }).pipe(Options.optional, Options.withDescription("a JSON config file: its context, slots and RAM ceiling apply"))
+  },
+  ({ file, ...options }) => report(Effect.flatMap(Effect.promise(() => import("./inspect.js")), (m) => m.inspect(file, options)))
+).pipe(Command.withDescription("Read a GGUF file's header (never the weights) and print its summary and memory estimate as JSON; runs nothing."))
+
 const status = Command.make(
   "status",
   { url: Options.text("url").pipe(Options.withDefault(DEFAULT_STATUS_URL)) },
   ({ url }) => report(Effect.flatMap(Effect.promise(() => import("./status.js")), (m) => m.status(url)))
 ).pipe(Command.withDescription("Ask a running gateway's /health; exit 0 only when ready."))
 
-const root = Command.make("companion-runtime").pipe(Command.withSubcommands([serve, pull, verify, status]))
+const root = Command.make("companion-runtime").pipe(Command.withSubcommands([serve, pull, verify, inspect, status]))
 
 /** The command as an Effect of its arguments (`process.argv`), for tests and for `run`. */
 export const cli = Command.run(root, { name: "companion-runtime", version: VERSION })

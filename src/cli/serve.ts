@@ -15,7 +15,7 @@ import { RuntimeManager } from "../services/RuntimeManager.js"
 const elapsed = (since: number) => `${Math.round(performance.now() - since)} ms`
 
 /** Read and validate the config file: one schema, every problem named by field, never by value. */
-const load = (path: string) =>
+export const load = (path: string) =>
   Effect.flatMap(FileSystem.FileSystem, (fs) =>
     Effect.flatMap(
       Effect.mapError(fs.readFileString(path), () => new ConfigFileError({ reason: "unreadable", problems: [] })),

@@ -33,7 +33,8 @@ const resourceMessages = {
   malformed_limits: "The resource limits are malformed.",
   ram_over_limit: "The runtime is over its RAM limit.",
   vram_over_limit: "The runtime is over its VRAM limit.",
-  cpu_over_limit: "The runtime is over its CPU limit."
+  cpu_over_limit: "The runtime is over its CPU limit.",
+  model_too_large: "The model would need more memory than the configured ceiling."
 } as const
 
 const circuitMessages = {

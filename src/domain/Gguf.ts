@@ -371,6 +371,7 @@ export interface GgufSummary {
   readonly contextLength: number | null
   readonly blockCount: number | null
   readonly embeddingLength: number | null
+  readonly feedForwardLength: number | null
   readonly headCount: number | null
   readonly headCountKv: number | null
   /** Per layer, when the file gives them per layer (else every layer has `headCountKv`). */
@@ -422,6 +423,7 @@ export const summarize = (file: GgufFile): Either.Either<GgufSummary, GgufError>
     contextLength: numberOf(key("context_length")),
     blockCount: numberOf(key("block_count")),
     embeddingLength: numberOf(key("embedding_length")),
+    feedForwardLength: numberOf(key("feed_forward_length")),
     headCount: numberOf(key("attention.head_count")),
     headCountKv: numberOf(headCountKvValue),
     headCountKvPerLayer: headCountKvValue?._tag === "array" && headCountKvValue.numbers !== undefined ? headCountKvValue.numbers : null,

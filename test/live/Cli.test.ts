@@ -10,7 +10,7 @@ import { createInterface } from "node:readline"
 import { afterAll, assert, beforeAll, describe, inject, it } from "vitest"
 import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
 import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
-import { tinyGguf } from "../../scripts/tiny-gguf.js"
+import { makeGguf, TINY, tinyGguf } from "../../scripts/tiny-gguf.js"
 
 const BIN = resolve("bin/companion-runtime.mjs")
 const MODEL = tinyGguf()
@@ -160,4 +160,43 @@ describe("live: the companion-runtime command", () => {
       if (serve.exitCode === null) serve.kill("SIGKILL")
     }
   }, 120_000)
+
+  it("inspect: one JSON object with the header's summary and the estimate; a broken file is a fixed message, exit 1, no path", async () => {
+    const shape = { ...TINY, layers: 3, embedding: 128, heads: 8, headsKv: 2, feedForward: 256, vocabulary: 1000, context: 1024, weights: "Q8_0" as const, chatTemplate: "{{ x }}" }
+    const good = join(work, "inspect-me.gguf")
+    const bytes = makeGguf(shape)
+    writeFileSync(good, bytes)
+    const ok = await run("inspect", good, "--context", "2048", "--parallel", "4")
+    assert.strictEqual(ok.code, 0, ok.stderr)
+    const json = JSON.parse(ok.stdout) as { summary: Record<string, unknown>; estimate: Record<string, number> }
+    assert.include(json.summary, { architecture: "llama", blockCount: 3, embeddingLength: 128, headCount: 8, headCountKv: 2, vocabularySize: 1000, contextLength: 1024, tensorCount: 30, fileType: 7 })
+    assert.strictEqual(json.summary["chatTemplateSha256"], createHash("sha256").update("{{ x }}").digest("hex"))
+    assert.include(json.estimate, { contextSize: 2048, parallel: 4, kvCacheBytes: 786_432 })
+    assert.strictEqual(json.estimate["totalBytes"], json.estimate["weightsBytes"]! + json.estimate["kvCacheBytes"]! + json.estimate["computeBytes"]! + json.estimate["overheadBytes"]!)
+    assert.notInclude(ok.stdout, work)
+
+    // A tensor offset moved into the next tensor's data: refused, whatever digest it is pinned to.
+    const evil = Buffer.from(bytes)
+    const at = evil.indexOf(Buffer.from("output_norm.weight")) + "output_norm.weight".length + 4 + 8 + 4
+    evil.writeBigUInt64LE(evil.readBigUInt64LE(at) + 32n, at)
+    const bad = join(work, "evil.gguf")
+    writeFileSync(bad, evil)
+    for (const [file, message] of [[bad, "The model file describes a tensor that is not valid."], [join(work, "bad.json"), "The model file is not a GGUF file."]] as const) {
+      if (!file.endsWith(".gguf")) writeFileSync(file, "{\"not\": \"a model\"}")
+      const refused = await run("inspect", file)
+      assert.strictEqual(refused.code, 1)
+      assert.strictEqual(refused.stderr.trim(), `error: ${message}`)
+      assert.strictEqual(refused.stdout, "")
+    }
+
+    // With a config, its ceiling applies: a model that cannot fit is refused.
+    const tight = writeConfig("tight.json", {
+      model: { sha256: SHA, sizeBytes: MODEL.length, source: `${origin.baseUrl}/models/tiny.gguf` },
+      allowedSources: [`${origin.baseUrl}/models/`],
+      resources: { maxRamBytes: 1024 * 1024 }
+    })
+    const tooLarge = await run("inspect", good, "--config", tight)
+    assert.strictEqual(tooLarge.code, 1)
+    assert.strictEqual(tooLarge.stderr.trim(), "error: The model would need more memory than the configured ceiling.")
+  })
 })

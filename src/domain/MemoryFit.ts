@@ -1,0 +1,73 @@
+/**
+ * What a model will cost in memory, before any process loads it, and whether that fits the
+ * ceiling. Pure: from a GGUF summary and the context size and slots the runtime is started with.
+ *
+ * llama-server's own arithmetic (this build, llama.cpp de3ff81), confirmed by its log on generated
+ * models (docs/benchmarks.md):
+ * - **KV cache.** `-c C` is the total shared by `-np P` slots; without a unified cache each slot
+ *   gets `C / P` cells rounded up to a multiple of 256 (`-c 512 -np 4` allocates 1024 cells,
+ *   `-c 2048 -np 4` 2048). Per cell and layer: KV heads × (key + value length) × 2 bytes (f16).
+ *   Sliding-window layers would need fewer cells; they are counted in full, erring high.
+ * - **Compute buffers** (a heuristic, erring high): the logits, `n_vocab × n_ubatch × 4`; the
+ *   attention mask, `n_ubatch × cells per slot × 4`; activations, `n_ubatch × (4 × embedding + 2 ×
+ *   feed-forward) × 4`; then +25 %.
+ * - **Weights**: the tensors' bytes, all of them resident after the first answer.
+ * - **Overhead**: the runtime's own code and buffers, measured here as about 17–21 MiB with a
+ *   sub-MiB model; 32 MiB is counted.
+ */
+import { Either } from "effect"
+import { type Refusal, refusal, ResourceError } from "./Errors.js"
+import type { GgufSummary } from "./Gguf.js"
+
+export const CELL_ROUND = 256
+export const UBATCH = 512
+export const OVERHEAD_BYTES = 32 * 1024 * 1024
+const F16 = 2
+
+export interface Estimate {
+  readonly weightsBytes: number
+  readonly kvCacheBytes: number
+  readonly computeBytes: number
+  readonly overheadBytes: number
+  readonly totalBytes: number
+  readonly contextSize: number
+  readonly parallel: number
+  /** KV cells allocated, over all slots. */
+  readonly cells: number
+}
+
+/** Cells llama-server allocates for `-c contextSize -np parallel` (non-unified cache). */
+export const cellsFor = (contextSize: number, parallel: number): { readonly perSlot: number; readonly total: number } => {
+  const perSlot = Math.ceil(Math.ceil(contextSize / parallel) / CELL_ROUND) * CELL_ROUND
+  return { perSlot, total: perSlot * parallel }
+}
+
+/**
+ * The estimate for `summary` started with `contextSize` (the model's own context length when not
+ * given) and `parallel` slots. Missing shape fields count as their largest plausible value would
+ * not be known, so they fall back to what the embedding implies (head length = embedding / heads).
+ */
+export const estimate = (summary: GgufSummary, options: { readonly contextSize?: number | undefined; readonly parallel: number }): Estimate => {
+  const contextSize = options.contextSize ?? summary.contextLength ?? 4096
+  const parallel = Math.max(1, options.parallel)
+  const { perSlot, total } = cellsFor(contextSize, parallel)
+  const layers = summary.blockCount ?? 0
+  const embedding = summary.embeddingLength ?? 0
+  const heads = summary.headCount ?? 1
+  const headLength = heads > 0 ? embedding / heads : embedding
+  const keyLength = summary.keyLength ?? headLength
+  const valueLength = summary.valueLength ?? headLength
+  const kvHeadsPerLayer = summary.headCountKvPerLayer ?? Array.from({ length: layers }, () => summary.headCountKv ?? heads)
+  const kvPerCell = kvHeadsPerLayer.reduce((n, kvHeads) => n + kvHeads * (keyLength + valueLength) * F16, 0)
+  const kvCacheBytes = total * kvPerCell
+  const vocabulary = summary.vocabularySize ?? 0
+  const feedForward = summary.feedForwardLength ?? 4 * embedding
+  const computeBytes = Math.ceil(1.25 * UBATCH * 4 * (vocabulary + perSlot + 4 * embedding + 2 * feedForward))
+  const weightsBytes = summary.weightsBytes
+  const totalBytes = weightsBytes + kvCacheBytes + computeBytes + OVERHEAD_BYTES
+  return { weightsBytes, kvCacheBytes, computeBytes, overheadBytes: OVERHEAD_BYTES, totalBytes, contextSize, parallel, cells: total }
+}
+
+/** Fits under the RAM ceiling, or `model_too_large` (no number in it). A total that is no number fails. */
+export const fits = (estimate: Estimate, maxRamBytes: number): Either.Either<void, Refusal<ResourceError, "model_too_large">> =>
+  !(estimate.totalBytes <= maxRamBytes) ? Either.left(refusal(ResourceError, "model_too_large")) : Either.right(undefined)
