@@ -46,6 +46,7 @@ export * as SpawnerLive from "./layers/SpawnerLive.js"
 export * as SpawnerTest from "./layers/SpawnerTest.js"
 export * as StoreFileSystemLive from "./layers/StoreFileSystemLive.js"
 export * as TestLayers from "./layers/TestLayers.js"
+export * as ModelFixtures from "./testing/ModelFixtures.js"
 
 // The gateway (also `companion-runtime/http`)
 export * from "./http/index.js"

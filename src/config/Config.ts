@@ -25,7 +25,9 @@ import {
 } from "effect"
 import * as Admission from "../domain/Admission.js"
 import type { IntegrityReason } from "../domain/Errors.js"
+import * as Gguf from "../domain/Gguf.js"
 import * as Integrity from "../domain/Integrity.js"
+import * as ModelPolicy from "../domain/ModelPolicy.js"
 import * as ResourcePolicy from "../domain/ResourcePolicy.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -203,6 +205,23 @@ export const CompanionConfigSchema = Schema.Struct({
     threads: off(PositiveInt),
     envAllowlist: withDefault(Schema.Array(EnvName), defaultEnvAllowlist),
     addressTimeout: withDefault(PositiveDuration, Duration.seconds(60))
+  }),
+  /** What a model must be, read from its GGUF header before the runtime loads it. */
+  policy: section({
+    architectures: withDefault(Schema.Array(Text), ModelPolicy.DEFAULT_ARCHITECTURES),
+    maxChatTemplateBytes: withDefault(PositiveInt, 64 * 1024),
+    chatTemplateSha256s: withDefault(Schema.Array(Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)).annotations({ identifier: "64 lowercase hex digits" })), []),
+    /** A vetted template the runtime uses instead of the model's (`--chat-template-file`). */
+    chatTemplateFile: off(Text)
+  }),
+  /** Caps on a GGUF header; the defaults admit every real model. */
+  gguf: section({
+    maxTensors: withDefault(PositiveInt, Gguf.defaultCaps.maxTensors),
+    maxKeys: withDefault(PositiveInt, Gguf.defaultCaps.maxKeys),
+    maxStringBytes: withDefault(PositiveInt, Gguf.defaultCaps.maxStringBytes),
+    maxArrayLength: withDefault(PositiveInt, Gguf.defaultCaps.maxArrayLength),
+    maxArrayDepth: withDefault(PositiveInt, Gguf.defaultCaps.maxArrayDepth),
+    maxHeaderBytes: withDefault(PositiveInt, Gguf.defaultCaps.maxHeaderBytes)
   }),
   gateway: section({
     port: withDefault(Port, 0),

@@ -24,7 +24,7 @@
  * - `gguf_bad_string`: a key or a string value the summary reads that is not UTF-8.
  */
 import { createHash } from "node:crypto"
-import { Either, Schema } from "effect"
+import { Either } from "effect"
 import { ReasonError } from "./Errors.js"
 
 const ggufMessages = {
@@ -438,13 +438,3 @@ export const summarize = (file: GgufFile): Either.Either<GgufSummary, GgufError>
     chatTemplateLength: templateBytes === undefined ? null : templateBytes.length
   })
 }
-
-/** The caps as a Schema, for the config. */
-export const GgufCapsSchema = Schema.Struct({
-  maxTensors: Schema.Int.pipe(Schema.positive()),
-  maxKeys: Schema.Int.pipe(Schema.positive()),
-  maxStringBytes: Schema.Int.pipe(Schema.positive()),
-  maxArrayLength: Schema.Int.pipe(Schema.positive()),
-  maxArrayDepth: Schema.Int.pipe(Schema.positive()),
-  maxHeaderBytes: Schema.Int.pipe(Schema.positive())
-})

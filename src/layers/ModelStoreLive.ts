@@ -17,6 +17,7 @@
  * served. `confirm` checks later that the file behind a descriptor has not been written since.
  */
 import { Path } from "@effect/platform"
+import * as Gguf from "../domain/Gguf.js"
 import {
   Chunk,
   Duration,
@@ -55,7 +56,12 @@ export interface ModelStoreOptions {
   readonly lockWait: Duration.DurationInput
   /** The lock's holder: this process unless given (tests give a scripted one). */
   readonly holder?: StoreLock.LockHolder | undefined
+  /** Caps on a model's GGUF header (`header`). Default: `Gguf.defaultCaps`. */
+  readonly ggufCaps?: Gguf.GgufCaps | undefined
 }
+
+/** The first prefix read for a header; the reader asks for more when the header is longer. */
+const HEADER_PREFIX = 1024 * 1024
 
 /** Bytes read back at once when hashing a stored file. */
 const READ_BYTES = 1024 * 1024
@@ -363,7 +369,24 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
       if (!sameVersion(now, record.identity)) return yield* storeFailure("model_changed")
     })
 
-  return ModelStore.of({ ensure, verify, confirm, progress: progress.changes })
+  const caps = options.ggufCaps ?? Gguf.defaultCaps
+  const header = (model: VerifiedModel) =>
+    Effect.gen(function*() {
+      const record = VerifiedModels.recordOf(model)
+      if (record === undefined) return yield* storeFailure("model_changed")
+      let length = Math.min(model.sizeBytes, HEADER_PREFIX)
+      for (;;) {
+        const prefix = yield* Effect.mapError(record.file.read(0, length), io)
+        const result = Gguf.read(prefix, model.sizeBytes, caps)
+        if (Either.isRight(result)) return result.right
+        if (result.left._tag !== "NeedMore") return yield* Effect.fail(result.left)
+        // The reader asks for more only below the file's size and its header cap: this ends.
+        if (result.left.bytes <= prefix.length) return yield* storeFailure("io_failed")
+        length = result.left.bytes
+      }
+    })
+
+  return ModelStore.of({ ensure, verify, confirm, header, progress: progress.changes })
 })
 
 export const layer = (options: ModelStoreOptions) => Layer.scoped(ModelStore, make(options))
@@ -380,5 +403,6 @@ export const optionsFrom = (config: CompanionConfig): ModelStoreOptions => ({
   retries: config.download.retries,
   retryBase: config.download.retryBase,
   retryMax: config.download.retryMax,
-  lockWait: config.download.lockWait
+  lockWait: config.download.lockWait,
+  ggufCaps: config.gguf
 })

@@ -32,6 +32,7 @@ import { readConfig } from "../config/Config.js"
 import * as Circuit from "../domain/Circuit.js"
 import { LifecycleError, type Refusal, refusal } from "../domain/Errors.js"
 import * as Lifecycle from "../domain/Lifecycle.js"
+import * as ModelPolicy from "../domain/ModelPolicy.js"
 import * as RequestGate from "../domain/RequestGate.js"
 import type * as ResourcePolicy from "../domain/ResourcePolicy.js"
 import { HealthError, QueueTimeoutError, ResourceStatError, RuntimeExitedError, StartError } from "../services/Errors.js"
@@ -198,11 +199,25 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       Effect.raceFirst(Effect.zipRight(handle.exited, Effect.fail(new StartError({ reason: "exited_while_starting" }))))
     )
 
+  const preflightOptions: ModelPolicy.PreflightOptions = {
+    policy: {
+      architectures: config.policy.architectures,
+      maxChatTemplateBytes: config.policy.maxChatTemplateBytes,
+      chatTemplateSha256s: config.policy.chatTemplateSha256s,
+      templateReplaced: Option.isSome(config.policy.chatTemplateFile)
+    },
+    contextSize: Option.getOrUndefined(config.runtime.contextSize),
+    parallel: config.admission.maxInFlight,
+    maxRamBytes: config.resources.maxRamBytes
+  }
+
   const bringUp = Effect.gen(function*() {
     const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
     const up = Effect.gen(function*() {
       // The verified descriptor is held as long as the runtime lives, and handed to it.
       const model = yield* Scope.extend(store.ensure(config.model.spec, config.model.source), scope)
+      // Before any native code reads it: the header's structure, the policy, the memory fit.
+      yield* Effect.flatMap(store.header(model), (header) => ModelPolicy.preflight(header, preflightOptions))
       const handle = yield* Scope.extend(spawner.spawn(model), scope)
       // Added after the spawner's kill, so it runs first when the scope closes.
       yield* Scope.addFinalizer(scope, Effect.asVoid(handle.stop(config.stopGrace)))

@@ -54,6 +54,8 @@ export interface SpawnerOptions {
   readonly maxTokens?: number | undefined
   readonly contextSize?: number | undefined
   readonly threads?: number | undefined
+  /** A vetted chat template the runtime uses instead of the model's (`--chat-template-file`). */
+  readonly chatTemplateFile?: string | undefined
   /** Names of the parent's variables the child may see. Default: `defaultEnvAllowlist`. */
   readonly envAllowlist?: ReadonlyArray<string> | undefined
   /** The parent's environment to pick from. Default: the process environment, read through `ConfigProvider.fromEnv`. */
@@ -126,6 +128,7 @@ export const runtimeArgs = (options: SpawnerOptions, flags: ReadonlySet<string> 
       ...(options.maxTokens !== undefined ? ["--n-predict", String(options.maxTokens)] : []),
       ...(options.contextSize !== undefined ? ["--ctx-size", String(options.contextSize)] : []),
       ...(options.threads !== undefined ? ["--threads", String(options.threads)] : []),
+      ...(options.chatTemplateFile !== undefined ? ["--chat-template-file", options.chatTemplateFile] : []),
       ...HARDENING_FLAGS.filter((flag) => flags.has(flag))
     ]
 
@@ -335,6 +338,7 @@ export const optionsFrom = (config: CompanionConfig): SpawnerOptions => ({
   maxTokens: config.gateway.maxTokens,
   contextSize: Option.getOrUndefined(config.runtime.contextSize),
   threads: Option.getOrUndefined(config.runtime.threads),
+  chatTemplateFile: Option.getOrUndefined(config.policy.chatTemplateFile),
   envAllowlist: config.runtime.envAllowlist,
   addressTimeout: config.runtime.addressTimeout,
   stopGrace: config.stopGrace

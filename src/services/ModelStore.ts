@@ -4,6 +4,7 @@
  * and hands back a `VerifiedModel`: an open descriptor of exactly the bytes that were verified. No
  * one else can make one (there is no constructor), and the spawners refuse anything else.
  */
+import type { GgufError, GgufFile } from "../domain/Gguf.js"
 import { type Brand, Context, type Effect, Metric, type Scope, type Stream } from "effect"
 import type { IntegrityError } from "../domain/Errors.js"
 import type { ModelSpec, Sha256Hex } from "../domain/Integrity.js"
@@ -41,6 +42,11 @@ export interface ModelStoreService {
    * was written since (its change time moved): a runtime that loaded it must not serve.
    */
   readonly confirm: (model: VerifiedModel) => Effect.Effect<void, ModelStoreError>
+  /**
+   * The verified model's GGUF header, read through its descriptor a prefix at a time (never the
+   * weights) and checked by the bounded reader: what the runtime would parse, judged first.
+   */
+  readonly header: (model: VerifiedModel) => Effect.Effect<GgufFile, GgufError | ModelStoreError>
   /** Download progress of the model being fetched. */
   readonly progress: Stream.Stream<DownloadProgress>
 }

@@ -2,6 +2,7 @@
  * The RuntimeManager: one model's runtime, its lifecycle, its supervision and the gate in front of
  * it. The model comes from the `ModelStore`; the process from the `Spawner`.
  */
+import type * as ModelPolicy from "../domain/ModelPolicy.js"
 import { Context, type Duration, type Effect, Metric, type Option, type Redacted, type Stream } from "effect"
 import type * as Admission from "../domain/Admission.js"
 import type * as Circuit from "../domain/Circuit.js"
@@ -37,6 +38,7 @@ export interface ManagerStatus {
 export type StartFailure =
   | EnsureError
   | ModelStoreError
+  | ModelPolicy.PreflightError
   | Lifecycle.InvalidTransition
   | SpawnError
   | StartError
@@ -96,6 +98,15 @@ export interface RuntimeManagerConfig {
   }
   readonly stopGrace: Duration.Duration
   readonly idleTtl: Option.Option<Duration.Duration>
+  /** What the model must be (read from its GGUF header before any spawn). */
+  readonly policy: {
+    readonly architectures: ReadonlyArray<string>
+    readonly maxChatTemplateBytes: number
+    readonly chatTemplateSha256s: ReadonlyArray<string>
+    readonly chatTemplateFile: Option.Option<string>
+  }
+  /** The runtime's context size (`-c`), for the memory estimate: the model's own when none. */
+  readonly runtime: { readonly contextSize: Option.Option<number> }
 }
 
 export const metrics = {

@@ -35,6 +35,8 @@ const full = {
   stopGrace: "9 seconds",
   idleTtl: "30 minutes",
   runtime: { kind: "ollama", binary: "/opt/ollama/bin/ollama", contextSize: 8192, threads: 6, envAllowlist: ["PATH", "HOME"], addressTimeout: "90 seconds" },
+  policy: { architectures: ["llama", "qwen3"], maxChatTemplateBytes: 4096, chatTemplateSha256s: ["cd".repeat(32)], chatTemplateFile: "/etc/companion/template.jinja" },
+  gguf: { maxTensors: 1000, maxKeys: 500, maxStringBytes: 65536, maxArrayLength: 300000, maxArrayDepth: 1, maxHeaderBytes: 33554432 },
   gateway: { port: 8089, allowedOrigins: ["http://localhost:3000"], token: "a-long-random-token", maxBodyBytes: 1_048_576, retryAfterSeconds: 3,
     unknownFields: "strip",
     maxTokens: 512,

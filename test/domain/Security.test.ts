@@ -117,9 +117,9 @@ describe("no ambient authority", () => {
   it("the public API is exactly this list: decisions, errors, service tags and layers", () => {
     assert.deepStrictEqual(Object.keys(Api).sort(), [
       "Admission", "AdmissionError", "Circuit", "CircuitOpenError", "CompanionConfig", "DownloadError", "Downloader",
-      "DownloaderLive", "DownloaderTest", "Gateway", "GatewayError", "HealthError", "HealthProbe", "HealthProbeLive",
-      "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle", "LifecycleError", "LiveLayers", "MemoryFileSystem",
-      "ModelStore", "ModelStoreError", "ModelStoreLive", "ModelStoreTest", "QueueTimeoutError", "RequestGate",
+      "DownloaderLive", "DownloaderTest", "Gateway", "GatewayError", "Gguf", "GgufError", "HealthError", "HealthProbe", "HealthProbeLive",
+      "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle", "LifecycleError", "LiveLayers", "MemoryFileSystem", "MemoryFit",
+      "ModelFixtures", "ModelPolicy", "ModelStore", "ModelStoreError", "ModelStoreLive", "ModelStoreTest", "PolicyError", "QueueTimeoutError", "RequestGate",
       "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError", "ResourceStatLive", "ResourceStatTest",
       "RuntimeExitedError", "RuntimeManager", "RuntimeManagerLive", "SpawnError", "Spawner", "SpawnerLive", "SpawnerTest",
       "StartError", "StoreFileError", "StoreFileSystem", "StoreFileSystemLive", "TestLayers", "transientDownloadReasons"
@@ -134,6 +134,9 @@ describe("no ambient authority", () => {
     assert.deepStrictEqual(exported(Api.Lifecycle), ["LifecycleEvent", "LifecycleState", "canServe", "initialState", "requireReady", "transition"])
     assert.deepStrictEqual(exported(Api.RequestGate), ["checkResources", "enter"])
     assert.deepStrictEqual(exported(Api.ResourcePolicy), ["ResourceLimits", "checkLimits", "evaluateResources"])
+    assert.deepStrictEqual(exported(Api.Gguf), ["GgufError", "TENSOR_TYPES", "defaultCaps", "read", "summarize"])
+    assert.deepStrictEqual(exported(Api.MemoryFit), ["CELL_ROUND", "OVERHEAD_BYTES", "UBATCH", "cellsFor", "estimate", "fits"])
+    assert.deepStrictEqual(exported(Api.ModelPolicy), ["DEFAULT_ARCHITECTURES", "PolicyError", "check", "preflight"])
   })
 
   // Under mutation testing the sources on disk are Stryker's instrumented copies, not ours.
@@ -153,7 +156,8 @@ describe("no ambient authority", () => {
     const classes = [
       Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError,
       Api.DownloadError, Api.ModelStoreError, Api.SpawnError, Api.HealthError, Api.ResourceStatError,
-      Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError, Api.GatewayError, Api.StoreFileError
+      Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError, Api.GatewayError, Api.StoreFileError,
+      Api.GgufError, Api.PolicyError
     ]
     const seen = new Map<string, string>()
     for (const cls of classes) {

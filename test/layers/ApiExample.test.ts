@@ -4,10 +4,10 @@ import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { assert, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Fiber, Layer, Redacted, TestClock } from "effect"
-import { DownloaderTest, HealthProbeTest, RuntimeManager, SpawnerTest, TestLayers } from "../../src/index.js"
+import { DownloaderTest, HealthProbeTest, ModelFixtures, RuntimeManager, SpawnerTest, TestLayers } from "../../src/index.js"
 
-// A tiny "model" and the spec a registry would publish for it.
-const model = new TextEncoder().encode("not really a GGUF, but verified all the same")
+// A tiny generated GGUF (its header passes the checks) and the spec a registry would publish for it.
+const model = ModelFixtures.tinyGguf()
 const sha256 = createHash("sha256").update(model).digest("hex")
 const source = "https://models.example.com/acme/tiny/resolve/main/tiny.gguf"
 

@@ -3,9 +3,11 @@ import { assert } from "@effect/vitest"
 import { Cause, ConfigProvider, Effect, Exit, Layer, Option } from "effect"
 import { CompanionConfig } from "../../src/config/Config.js"
 import * as TestLayers from "../../src/layers/TestLayers.js"
-import { assertCarriesNoInput, bytesOf, sha256Hex } from "../domain/fixtures.js"
+import { tinyGguf } from "../../src/testing/ModelFixtures.js"
+import { assertCarriesNoInput, sha256Hex } from "../domain/fixtures.js"
 
-export const MODEL = bytesOf(300_000, 11)
+/** A valid GGUF (the store's bytes must pass the header check before any spawn). */
+export const MODEL = tinyGguf()
 export const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
 export const SOURCE = "https://models.example.com/org/tiny/resolve/main/tiny.gguf"
 export const STORE = "/store"
