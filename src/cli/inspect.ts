@@ -1,7 +1,7 @@
 /**
  * `companion-runtime inspect <file>`: the GGUF header's summary and the memory estimate, as one JSON
  * object, without running anything. The file is read a prefix at a time (the header only, never the
- * weights). With `--config`, that config's context size, slots and RAM ceiling apply.
+ * weights). With `--config`, that config's context size, slots, model policy and RAM ceiling apply.
  */
 import { open } from "node:fs/promises"
 import * as Console from "effect/Console"
@@ -10,6 +10,7 @@ import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Gguf from "../domain/Gguf.js"
 import * as MemoryFit from "../domain/MemoryFit.js"
+import * as ModelPolicy from "../domain/ModelPolicy.js"
 
 const unreadable = () => ({ message: "The model file could not be read." })
 
@@ -51,7 +52,15 @@ export const inspect = (file: string, options: InspectOptions) =>
     const contextSize = Option.getOrUndefined(Option.orElse(options.context, () => Option.flatMap(config, (c) => c.runtime.contextSize)))
     const parallel = Option.getOrElse(Option.orElse(options.parallel, () => Option.map(config, (c) => c.admission.maxInFlight)), () => 1)
     const estimate = MemoryFit.estimate(summary, { contextSize, parallel })
-    if (Option.isSome(config)) yield* MemoryFit.fits(estimate, config.value.resources.maxRamBytes)
+    if (Option.isSome(config)) {
+      const { policy, resources } = config.value
+      yield* ModelPolicy.preflight(header, {
+        policy: { ...policy, templateReplaced: Option.isSome(policy.chatTemplateFile) },
+        contextSize,
+        parallel,
+        maxRamBytes: resources.maxRamBytes
+      })
+    }
     yield* Console.log(JSON.stringify({ summary, estimate }))
   })
 

@@ -55,7 +55,7 @@ const inspect = Command.make(
     file: Args.file({ name: "file", exists: "yes" }),
     context: Options.integer("context").pipe(Options.optional, Options.withDescription("the runtime's context size (-c)")),
     parallel: Options.integer("parallel").pipe(Options.optional, Options.withDescription("the runtime's slots (-np)")),
-    config: Options.file("config", { exists: "yes" }).pipe(Options.optional, Options.withDescription("a JSON config file: its context, slots and RAM ceiling apply"))
+    config: Options.file("config", { exists: "yes" }).pipe(Options.optional, Options.withDescription("a JSON config file: its context, slots, model policy and RAM ceiling apply"))
   },
   ({ file, ...options }) => report(Effect.flatMap(Effect.promise(() => import("./inspect.js")), (m) => m.inspect(file, options)))
 ).pipe(Command.withDescription("Read a GGUF file's header (never the weights) and print its summary and memory estimate as JSON; runs nothing."))

@@ -198,5 +198,14 @@ describe("live: the companion-runtime command", () => {
     const tooLarge = await run("inspect", good, "--config", tight)
     assert.strictEqual(tooLarge.code, 1)
     assert.strictEqual(tooLarge.stderr.trim(), "error: The model would need more memory than the configured ceiling.")
+    // And its model policy.
+    const qwenOnly = writeConfig("qwen-only.json", {
+      model: { sha256: SHA, sizeBytes: MODEL.length, source: `${origin.baseUrl}/models/tiny.gguf` },
+      allowedSources: [`${origin.baseUrl}/models/`],
+      policy: { architectures: ["qwen3"] }
+    })
+    const offList = await run("inspect", good, "--config", qwenOnly)
+    assert.strictEqual(offList.code, 1)
+    assert.strictEqual(offList.stderr.trim(), "error: The model's architecture is not on the allowed list.")
   })
 })

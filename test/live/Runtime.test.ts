@@ -32,6 +32,14 @@ import { expectFailure, loadConfig } from "../layers/harness.js"
 import { verifiedModel } from "./fixtures/verified.js"
 
 const MODEL = tinyGguf()
+/** The tiny model with its second tensor's offset moved into the first's data: a hostile header, pinned correctly. */
+const EVIL = (() => {
+  const bytes = Buffer.from(tinyGguf())
+  const name = Buffer.from("output_norm.weight")
+  const at = bytes.indexOf(name) + name.length + 4 + 8 + 4
+  bytes.writeBigUInt64LE(bytes.readBigUInt64LE(at) - 32n, at)
+  return new Uint8Array(bytes)
+})()
 const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
 const STANDIN = resolve("test/live/fixtures/standin-runtime.mjs")
 
@@ -44,7 +52,7 @@ let modelFile: string
 beforeAll(async () => {
   llamaServer = inject("llamaServer")
   pki = makeTestPki()
-  origin = await startOrigin(pki, { "/models/tiny.gguf": serveBytes(MODEL) })
+  origin = await startOrigin(pki, { "/models/tiny.gguf": serveBytes(MODEL), "/models/evil.gguf": serveBytes(EVIL) })
   work = mkdtempSync(join(tmpdir(), "companion-live-"))
   modelFile = join(work, "tiny.gguf")
   writeFileSync(modelFile, MODEL, { mode: 0o600 })
@@ -375,6 +383,24 @@ describe("live: a real llama-server", () => {
       child.kill("SIGKILL")
       yield* waitGone(runtimePid, "5 seconds")
     }), 90_000)
+})
+
+describe("live: the model's header before the real llama-server sees it", () => {
+  it.live("a bad tensor offset with a correctly pinned digest, and a model over maxRamBytes: refused, no process spawned", () =>
+    Effect.gen(function*() {
+      for (const [patch, tag, reason] of [
+        [{ model: { sha256: sha256Hex(EVIL), sizeBytes: EVIL.length, source: `${origin.baseUrl}/models/evil.gguf` } }, "GgufError", "gguf_bad_tensor"],
+        [{ resources: { maxRamBytes: 8 * 1024 * 1024, maxCpuPercent: 100 } }, "ResourceError", "model_too_large"]
+      ] as const) {
+        const handles = yield* Ref.make<ReadonlyArray<RuntimeHandle>>([])
+        yield* Effect.gen(function*() {
+          const manager = yield* RuntimeManager
+          yield* expectFailure(manager.start, tag, reason)
+          assert.deepStrictEqual(yield* Ref.get(handles), [], `${reason}: a process was spawned`)
+          assert.strictEqual((yield* manager.status).state, "stopped")
+        }).pipe(Effect.provide(liveManager(handles, {}, patch)))
+      }
+    }), 60_000)
 })
 
 describe("live: stand-in runtimes", () => {
