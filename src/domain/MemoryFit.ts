@@ -8,12 +8,13 @@
  *   gets `C / P` cells rounded up to a multiple of 256 (`-c 512 -np 4` allocates 1024 cells,
  *   `-c 2048 -np 4` 2048). Per cell and layer: KV heads × (key + value length) × 2 bytes (f16).
  *   Sliding-window layers would need fewer cells; they are counted in full, erring high.
- * - **Compute buffers** (a heuristic, erring high): the logits, `n_vocab × n_ubatch × 4`; the
- *   attention mask, `n_ubatch × cells per slot × 4`; activations, `n_ubatch × (4 × embedding + 2 ×
- *   feed-forward) × 4`; then +25 %.
+ * - **Compute buffers** (a heuristic fitted to the sizes llama-server logs, erring high):
+ *   `n_ubatch × (4 × n_vocab + 2 × cells per slot + 4 × (embedding + feed-forward))` bytes, with
+ *   `n_ubatch` 512. The logged buffers grow by `n_vocab × n_ubatch × 3.25` and by 2 bytes per cell
+ *   per ubatch row (the mask; flash attention is on by default on CPU, so no full score matrix).
  * - **Weights**: the tensors' bytes, all of them resident after the first answer.
- * - **Overhead**: the runtime's own code and buffers, measured here as about 17–21 MiB with a
- *   sub-MiB model; 32 MiB is counted.
+ * - **Overhead**: the runtime's own code and buffers beyond those, measured here at 8–14 MiB
+ *   (peak RSS less weights, KV cache and compute); 16 MiB is counted.
  */
 import { Either } from "effect"
 import { type Refusal, refusal, ResourceError } from "./Errors.js"
@@ -21,7 +22,7 @@ import type { GgufSummary } from "./Gguf.js"
 
 export const CELL_ROUND = 256
 export const UBATCH = 512
-export const OVERHEAD_BYTES = 32 * 1024 * 1024
+export const OVERHEAD_BYTES = 16 * 1024 * 1024
 const F16 = 2
 
 export interface Estimate {
@@ -62,7 +63,7 @@ export const estimate = (summary: GgufSummary, options: { readonly contextSize?:
   const kvCacheBytes = total * kvPerCell
   const vocabulary = summary.vocabularySize ?? 0
   const feedForward = summary.feedForwardLength ?? 4 * embedding
-  const computeBytes = Math.ceil(1.25 * UBATCH * 4 * (vocabulary + perSlot + 4 * embedding + 2 * feedForward))
+  const computeBytes = UBATCH * (4 * vocabulary + 2 * perSlot + 4 * (embedding + feedForward))
   const weightsBytes = summary.weightsBytes
   const totalBytes = weightsBytes + kvCacheBytes + computeBytes + OVERHEAD_BYTES
   return { weightsBytes, kvCacheBytes, computeBytes, overheadBytes: OVERHEAD_BYTES, totalBytes, contextSize, parallel, cells: total }
