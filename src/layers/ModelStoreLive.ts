@@ -38,7 +38,7 @@ import type { IntegrityError } from "../domain/Errors.js"
 import * as Integrity from "../domain/Integrity.js"
 import { Downloader } from "../services/Downloader.js"
 import { DownloadError, ModelStoreError, type StoreFileError } from "../services/Errors.js"
-import { type DownloadProgress, type EnsureError, metrics, ModelStore, type VerifiedModel } from "../services/ModelStore.js"
+import { type DownloadProgress, metrics, ModelStore, type Screen, type VerifiedModel } from "../services/ModelStore.js"
 import { type FileIdentity, sameFile, sameVersion, type StoreFile, StoreFileSystem } from "../services/StoreFileSystem.js"
 import * as StoreLock from "./internal/StoreLock.js"
 import * as VerifiedModels from "./internal/VerifiedModels.js"
@@ -62,6 +62,10 @@ export interface ModelStoreOptions {
 
 /** The first prefix read for a header; the reader asks for more when the header is longer. */
 const HEADER_PREFIX = 1024 * 1024
+/** The first prefix a download's screen looks at; it asks for more when the header is longer. */
+const SCREEN_FIRST = 64 * 1024
+/** The most a download's screen keeps in memory; a header longer than this is judged on disk instead. */
+const SCREEN_BYTES = 64 * 1024 * 1024
 
 /** Bytes read back at once when hashing a stored file. */
 const READ_BYTES = 1024 * 1024
@@ -224,7 +228,34 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
   const restartPartial = (p: string) => Effect.zipRight(files.remove(p), files.create(p)).pipe(Effect.mapError(io))
 
   /** One attempt: resume or start the partial file, stream the rest through the verifier. Returns the identity of the file written. */
-  const downloadOnce = (spec: Integrity.ModelSpec, url: URL) =>
+  /**
+   * The screen's side of a fresh download: the first bytes are kept (at most `SCREEN_BYTES`) until
+   * the screen has what it asks for and answers; a refusal ends the download there. Past the cap
+   * it stops looking (the verified file's header is judged before any spawn anyway).
+   */
+  const screening = <S>(screen: Screen<S> | undefined, fileSize: number) => {
+    if (screen === undefined) return undefined
+    const kept: Array<Uint8Array> = []
+    let keptBytes = 0
+    let wanted = Math.min(fileSize, SCREEN_FIRST)
+    let done = false
+    return (bytes: Uint8Array): Effect.Effect<void, S> => {
+      if (done) return Effect.void
+      kept.push(bytes)
+      keptBytes += bytes.length
+      if (keptBytes < wanted) return Effect.void
+      const verdict = screen(Buffer.concat(kept), fileSize)
+      if (Either.isRight(verdict)) done = true
+      else if ((verdict.left as { _tag?: string })._tag === "NeedMore") {
+        wanted = (verdict.left as Gguf.NeedMore).bytes
+        if (wanted > SCREEN_BYTES || wanted <= keptBytes) done = true
+      } else return Effect.fail(verdict.left as S)
+      if (done) kept.length = 0
+      return Effect.void
+    }
+  }
+
+  const downloadOnce = <S>(spec: Integrity.ModelSpec, url: URL, screen?: Screen<S>) =>
     Effect.scoped(
       Effect.gen(function*() {
         const partial = partialPath(spec)
@@ -249,12 +280,15 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
           }
           let received = offset
           const out = file
+          // Only a download from the first byte is screened: a resume's head is on disk already.
+          const look = offset === 0 ? screening(screen, spec.sizeBytes) : undefined
           yield* body.bytes.pipe(
             Stream.runForEachChunk((chunks) =>
               Effect.gen(function*() {
                 const batch = chunks.length === 1 ? Chunk.unsafeHead(chunks) : Buffer.concat(Chunk.toArray(chunks))
                 // Refused before it is written: the file never holds a byte past the expected size.
                 yield* verifier.update(batch)
+                if (look !== undefined) yield* look(batch)
                 yield* Effect.mapError(out.append(batch), io)
                 received += batch.length
                 yield* Metric.incrementBy(metrics.downloadedBytes, batch.length)
@@ -277,29 +311,32 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
       })
     )
 
-  const retryable = (error: EnsureError) =>
-    error._tag === "DownloadError" && error.transient && (error.retryAfterMillis ?? 0) <= Duration.toMillis(retryMax)
+  /** A screen's refusal (any other error) is final; only a transient download failure is retried. */
+  const asDownloadError = (error: unknown): DownloadError | undefined => (error instanceof DownloadError ? error : undefined)
+  const retryable = (error: unknown) => {
+    const download = asDownloadError(error)
+    return download !== undefined && download.transient && (download.retryAfterMillis ?? 0) <= Duration.toMillis(retryMax)
+  }
 
   const downloadRetry = Schedule.exponential(options.retryBase, 2).pipe(
     Schedule.jittered,
     Schedule.union(Schedule.spaced(retryMax)),
     Schedule.intersect(Schedule.recurs(options.retries)),
-    Schedule.intersect(Schedule.identity<EnsureError>()),
+    Schedule.intersect(Schedule.identity<unknown>()),
     // A server's Retry-After is a floor under the backoff (and `retryable` gives up past retryMax).
-    Schedule.modifyDelay(([, error], delay) =>
-      error._tag === "DownloadError" && error.retryAfterMillis !== undefined
-        ? Duration.max(delay, Duration.millis(error.retryAfterMillis))
-        : delay
-    ),
+    Schedule.modifyDelay(([, error], delay) => {
+      const retryAfter = asDownloadError(error)?.retryAfterMillis
+      return retryAfter !== undefined ? Duration.max(delay, Duration.millis(retryAfter)) : delay
+    }),
     Schedule.whileInput(retryable)
   )
 
   /** Download, verify, and promote the partial file to its final name; open it for `scope`. */
-  const download = (spec: Integrity.ModelSpec, url: URL, scope: Scope.Scope, held: Held) =>
+  const download = <S>(spec: Integrity.ModelSpec, url: URL, scope: Scope.Scope, held: Held, screen?: Screen<S>) =>
     Effect.gen(function*() {
       const partial = partialPath(spec)
       const target = finalPath(spec)
-      const written = yield* downloadOnce(spec, url).pipe(
+      const written = yield* downloadOnce(spec, url, screen).pipe(
         Effect.retry(downloadRetry),
         Effect.tapError(() => Effect.ignore(files.remove(partial)))
       )
@@ -352,9 +389,9 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
       })))
     })
 
-  const ensure = (spec: Integrity.ModelSpec, source: URL) =>
+  const ensure = <S = never>(spec: Integrity.ModelSpec, source: URL, screen?: Screen<S>) =>
     Effect.flatMap(Integrity.checkSource(source, options.allowedSources), (url) =>
-      storedOrElse(spec, (_, scope, held) => download(spec, url, scope, held))).pipe(Effect.withSpan("ModelStore.ensure"))
+      storedOrElse(spec, (_, scope, held) => download(spec, url, scope, held, screen))).pipe(Effect.withSpan("ModelStore.ensure"))
 
   const verify = (spec: Integrity.ModelSpec) =>
     storedOrElse(spec, (stored) => Effect.fail(stored._tag === "refused" ? stored.error : storeFailure("not_stored"))).pipe(

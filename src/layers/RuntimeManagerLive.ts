@@ -31,6 +31,7 @@ import {
 import { readConfig } from "../config/Config.js"
 import * as Circuit from "../domain/Circuit.js"
 import { LifecycleError, type Refusal, refusal } from "../domain/Errors.js"
+import * as Gguf from "../domain/Gguf.js"
 import * as Lifecycle from "../domain/Lifecycle.js"
 import * as ModelPolicy from "../domain/ModelPolicy.js"
 import * as RequestGate from "../domain/RequestGate.js"
@@ -211,11 +212,16 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     maxRamBytes: config.resources.maxRamBytes
   }
 
+  /** The same judgement on a download's first, not yet verified, bytes (advisory: see `Screen`). */
+  const screen = (prefix: Uint8Array, fileSize: number): Either.Either<void, ModelPolicy.PreflightError | Gguf.NeedMore> =>
+    Either.flatMap(Gguf.read(prefix, fileSize, config.gguf), (header) => Either.map(ModelPolicy.preflight(header, preflightOptions), () => undefined))
+
   const bringUp = Effect.gen(function*() {
     const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
     const up = Effect.gen(function*() {
       // The verified descriptor is held as long as the runtime lives, and handed to it.
-      const model = yield* Scope.extend(store.ensure(config.model.spec, config.model.source), scope)
+      // A download is screened as its first bytes arrive: a model that cannot pass stops there.
+      const model = yield* Scope.extend(store.ensure(config.model.spec, config.model.source, screen), scope)
       // Before any native code reads it: the header's structure, the policy, the memory fit.
       yield* Effect.flatMap(store.header(model), (header) => ModelPolicy.preflight(header, preflightOptions))
       const handle = yield* Scope.extend(spawner.spawn(model), scope)

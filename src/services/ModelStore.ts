@@ -4,8 +4,8 @@
  * and hands back a `VerifiedModel`: an open descriptor of exactly the bytes that were verified. No
  * one else can make one (there is no constructor), and the spawners refuse anything else.
  */
-import type { GgufError, GgufFile } from "../domain/Gguf.js"
-import { type Brand, Context, type Effect, Metric, type Scope, type Stream } from "effect"
+import type { GgufError, GgufFile, NeedMore } from "../domain/Gguf.js"
+import { type Brand, Context, type Effect, type Either, Metric, type Scope, type Stream } from "effect"
 import type { IntegrityError } from "../domain/Errors.js"
 import type { ModelSpec, Sha256Hex } from "../domain/Integrity.js"
 import type { DownloadError, ModelStoreError } from "./Errors.js"
@@ -28,13 +28,20 @@ export interface DownloadProgress {
 
 export type EnsureError = IntegrityError | DownloadError | ModelStoreError
 
+/**
+ * An early look at a download's first bytes (not yet verified): `Right` to go on, `NeedMore` for a
+ * longer prefix, or a refusal that ends the download at once. Advisory: whatever it says, the bytes
+ * are verified in full and the verified file's header is judged again before any spawn.
+ */
+export type Screen<S> = (prefix: Uint8Array, fileSize: number) => Either.Either<void, S | NeedMore>
+
 export interface ModelStoreService {
   /**
    * The model, verified, open for the caller's scope: the stored copy if it verifies (or is the
    * very file verified before, unchanged since), else downloaded from `source`, which must pass
    * the source policy. One writer per model, across processes.
    */
-  readonly ensure: (spec: ModelSpec, source: URL) => Effect.Effect<VerifiedModel, EnsureError, Scope.Scope>
+  readonly ensure: <S = never>(spec: ModelSpec, source: URL, screen?: Screen<S>) => Effect.Effect<VerifiedModel, EnsureError | S, Scope.Scope>
   /** The stored copy only, never a download: `not_stored` when there is none; one that fails verification is removed. */
   readonly verify: (spec: ModelSpec) => Effect.Effect<VerifiedModel, IntegrityError | ModelStoreError, Scope.Scope>
   /**

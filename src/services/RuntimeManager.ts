@@ -2,6 +2,7 @@
  * The RuntimeManager: one model's runtime, its lifecycle, its supervision and the gate in front of
  * it. The model comes from the `ModelStore`; the process from the `Spawner`.
  */
+import type * as Gguf from "../domain/Gguf.js"
 import type * as ModelPolicy from "../domain/ModelPolicy.js"
 import { Context, type Duration, type Effect, Metric, type Option, type Redacted, type Stream } from "effect"
 import type * as Admission from "../domain/Admission.js"
@@ -107,6 +108,8 @@ export interface RuntimeManagerConfig {
   }
   /** The runtime's context size (`-c`), for the memory estimate: the model's own when none. */
   readonly runtime: { readonly contextSize: Option.Option<number> }
+  /** Caps on the model's GGUF header. */
+  readonly gguf: Gguf.GgufCaps
 }
 
 export const metrics = {

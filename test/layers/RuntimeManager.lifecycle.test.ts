@@ -257,8 +257,9 @@ describe("RuntimeManager supervision", () => {
       const downloader = yield* DownloaderControl
       const spawner = yield* SpawnerControl
       const manager = yield* RuntimeManager
+      // A bit flipped in the weights (one in the header would be refused earlier, by the screen).
       const flipped = Uint8Array.from(MODEL)
-      flipped[0] = (flipped[0] ?? 0) ^ 0x80
+      flipped[flipped.length - 1] = (flipped[flipped.length - 1] ?? 0) ^ 0x80
       yield* downloader.serve(SOURCE, flipped)
       yield* expectFailure(manager.start, "IntegrityError", "digest_mismatch")
       assert.strictEqual((yield* spawner.spawned).length, 0)

@@ -6,6 +6,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
+import { MemoryFileSystem } from "../../src/layers/MemoryFileSystem.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { makeGguf, TINY } from "../../src/testing/ModelFixtures.js"
@@ -68,5 +69,22 @@ describe("RuntimeManager: the model's header before any spawn", () => {
         }).pipe(Effect.provide(managerLayer({ model: { sha256: sha256Hex(model), sizeBytes: model.length }, ...patch })))
       yield* starts({ policy: { chatTemplateSha256s: [sha256Hex(new TextEncoder().encode(template))] } })
       yield* starts({ policy: { maxChatTemplateBytes: 100, chatTemplateSha256s: ["ab".repeat(32)], chatTemplateFile: "/etc/companion/vetted.jinja" } })
+    }))
+
+  it.effect("a download is screened as its first bytes arrive: a model that cannot pass stops there, and nothing is stored", () =>
+    Effect.gen(function*() {
+      const model = makeGguf({ ...TINY, vocabulary: 4096 }) // about 1.5 MB, its header about 60 KB
+      yield* Effect.gen(function*() {
+        const downloader = yield* DownloaderControl
+        yield* downloader.serve(SOURCE, model, 16 * 1024)
+        yield* expectFailure((yield* RuntimeManager).start, "PolicyError", "architecture_not_allowed")
+        const sent = yield* downloader.bytesSent
+        assert.isBelow(sent, model.length / 4, `the whole model was fetched (${sent} bytes)`)
+        assert.deepStrictEqual(yield* (yield* SpawnerControl).spawned, [])
+        // Not retried, and the partial file is gone.
+        assert.strictEqual((yield* downloader.requests).length, 1)
+        const files = yield* (yield* MemoryFileSystem).files
+        assert.isFalse([...files.keys()].some((path) => path.includes(sha256Hex(model))))
+      }).pipe(Effect.provide(managerLayer({ model: { sha256: sha256Hex(model), sizeBytes: model.length }, policy: { architectures: ["qwen3"] } })))
     }))
 })

@@ -71,12 +71,12 @@ const provider = (patch: { model?: object; gateway?: object; runtime?: object; a
 }
 
 /** Gateway + the whole live stack from a ConfigProvider, on an ephemeral loopback port. */
-const stack = () =>
+const stack = (patch: Parameters<typeof provider>[0] = {}) =>
   Gateway.layer({ token: Redacted.make(TOKEN), modelName: "tiny" }).pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
     Layer.provideMerge(LiveLayers.layer),
     Layer.provide(NodeHttpClient.layerUndici),
-    Layer.provide(Layer.setConfigProvider(provider()))
+    Layer.provide(Layer.setConfigProvider(provider(patch)))
   )
 
 const baseUrl = Effect.map(HttpServer.HttpServer, (s) =>
@@ -196,7 +196,12 @@ describe("live: gateway in front of llama-server", () => {
         Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("30 seconds")))
       )
       yield* manager.drain("10 seconds")
-    }).pipe(Effect.provide(stack())), 120_000)
+    }).pipe(Effect.provide(stack({
+      // The long-context model: generation runs for minutes, so the kill always lands mid-stream
+      // (with the 512-token model it could finish first on a loaded machine).
+      model: { sha256: sha256Hex(LONG_MODEL), sizeBytes: LONG_MODEL.length, source: `${origin.baseUrl}/models/long.gguf`, name: "tiny" },
+      runtime: { contextSize: 8192 }
+    }))), 120_000)
   it.live("the README's embedding example, verbatim: serves a completion from its config", () =>
     Effect.gen(function*() {
       // The README's block is the consumer app's file (test/consumer/Package.test.ts checks that);
