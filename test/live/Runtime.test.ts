@@ -11,10 +11,11 @@ import { join, resolve } from "node:path"
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, inject, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Exit, Fiber, Layer, Metric, Redacted, Ref, Schedule, Stream } from "effect"
+import { ConfigProvider, Duration, Effect, Either, Exit, Fiber, Layer, Metric, Redacted, Ref, Schedule, Stream } from "effect"
 import { type Origin, serveBytes, startOrigin } from "../../scripts/lib/origin.js"
 import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
-import { tinyGguf } from "../../scripts/tiny-gguf.js"
+import { makeGguf, TINY, tinyGguf } from "../../scripts/tiny-gguf.js"
+import * as Gguf from "../../src/domain/Gguf.js"
 import * as DownloaderLive from "../../src/layers/DownloaderLive.js"
 import * as HealthProbeLive from "../../src/layers/HealthProbeLive.js"
 import * as LiveLayers from "../../src/layers/LiveLayers.js"
@@ -401,6 +402,31 @@ describe("live: the model's header before the real llama-server sees it", () => 
         }).pipe(Effect.provide(liveManager(handles, {}, patch)))
       }
     }), 60_000)
+})
+
+describe("live: generated models of several shapes, served by llama-server", () => {
+  it.live("F16 and Q8_0 shapes with grouped KV heads and larger vocabularies: the header parses to the shape, llama-server answers", () =>
+    Effect.scoped(
+      Effect.gen(function*() {
+        const spawner = yield* SpawnerLive.make({ kind: "llama.cpp", binary: llamaServer, parallel: 1 })
+        for (const shape of [
+          { ...TINY, weights: "F16" as const, layers: 3, heads: 8, headsKv: 2, embedding: 128, feedForward: 256, vocabulary: 1000 },
+          { ...TINY, weights: "Q8_0" as const, layers: 2, heads: 4, headsKv: 1, embedding: 64, feedForward: 192, vocabulary: 3000, chatTemplate: "{% for m in messages %}{{ m.content }}{% endfor %}" }
+        ]) {
+          const bytes = makeGguf(shape)
+          const summary = Either.getOrThrow(Gguf.summarize(Either.getOrThrow(Gguf.read(bytes, bytes.length)) as Gguf.GgufFile))
+          assert.include(summary, { blockCount: shape.layers, headCount: shape.heads, headCountKv: shape.headsKv, embeddingLength: shape.embedding, vocabularySize: shape.vocabulary })
+          const handle = yield* spawner.spawn(yield* verifiedModel(join(work, `shape-${shape.weights}`), bytes))
+          const answer = yield* completion(handle).pipe(
+            Effect.flatMap((r) => (r.status === 503 ? Effect.fail("loading") : Effect.succeed(r))),
+            Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("30 seconds"))),
+            Effect.provide(NodeHttpClient.layerUndici)
+          )
+          assert.strictEqual(answer.status, 200, shape.weights)
+          yield* handle.stop("5 seconds")
+        }
+      }).pipe(Effect.provide(NodeContext.layer))
+    ), 90_000)
 })
 
 describe("live: stand-in runtimes", () => {
