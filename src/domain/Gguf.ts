@@ -69,7 +69,10 @@ export const defaultCaps: GgufCaps = {
 // ggml's tensor types
 // ---------------------------------------------------------------------------------------------
 
-/** ggml's tensor types in GGUF files: id → name, elements per block, bytes per block. Removed ids are absent. */
+/**
+ * ggml's tensor types in GGUF files, as this build's `ggml.h` and `ggml-common.h` define them:
+ * id → name, elements per block, bytes per block. Removed ids (4, 5, 31–33, 36–38) are absent.
+ */
 export const TENSOR_TYPES: ReadonlyMap<number, { readonly name: string; readonly block: number; readonly bytes: number }> = new Map([
   [0, { name: "F32", block: 1, bytes: 4 }],
   [1, { name: "F16", block: 1, bytes: 2 }],
@@ -102,7 +105,10 @@ export const TENSOR_TYPES: ReadonlyMap<number, { readonly name: string; readonly
   [30, { name: "BF16", block: 1, bytes: 2 }],
   [34, { name: "TQ1_0", block: 256, bytes: 54 }],
   [35, { name: "TQ2_0", block: 256, bytes: 66 }],
-  [39, { name: "MXFP4", block: 32, bytes: 17 }]
+  [39, { name: "MXFP4", block: 32, bytes: 17 }],
+  [40, { name: "NVFP4", block: 64, bytes: 36 }],
+  [41, { name: "Q1_0", block: 128, bytes: 18 }],
+  [42, { name: "Q2_0", block: 64, bytes: 18 }]
 ])
 
 // ---------------------------------------------------------------------------------------------
