@@ -254,3 +254,111 @@ describe("Gguf.read: hostile files", () => {
     expect(Either.isLeft(summary) ? summary.left.reason : "summarized").toBe("gguf_bad_type")
   })
 })
+
+describe("Gguf.summarize: every field from the metadata types a file may use", () => {
+  /** A header of `general.architecture = "arch"` plus `entries` (key, type, write). */
+  const withKeys = (entries: ReadonlyArray<readonly [string, number, (w: Writer) => void]>) =>
+    header((w) => {
+      w.str("general.architecture")
+      w.u32(T.STRING)
+      w.str("arch")
+      for (const [key, type, write] of entries) {
+        w.str(key)
+        w.u32(type)
+        write(w)
+      }
+    }, { keys: entries.length + 1 })
+  const summaryOf = (bytes: Uint8Array) => {
+    const o = outcome(bytes)
+    if (!("ok" in o)) throw new Error(JSON.stringify(o))
+    return Either.getOrThrow(Gguf.summarize(o.ok))
+  }
+  const u64 = (n: bigint) => (w: Writer) => w.u64(n)
+  const u32 = (n: number) => (w: Writer) => w.u32(n)
+
+  it("u32, u64, u8, i16, f32 values, per-layer arrays, bools, and the absent ones", () => {
+    const s = summaryOf(withKeys([
+      ["arch.context_length", 10, u64(131072n)], // u64
+      ["arch.block_count", 4, u32(3)],
+      ["arch.embedding_length", 0, (w) => w.bytes(Uint8Array.from([64]))], // u8
+      ["arch.feed_forward_length", 3, (w) => w.bytes(Uint8Array.from([0x00, 0x01]))], // i16: 256
+      ["arch.attention.head_count", 6, (w) => w.f32(8)], // f32
+      ["arch.attention.head_count_kv", 9, (w) => {
+        w.u32(T.UINT32)
+        w.u64(3)
+        w.u32(2)
+        w.u32(0)
+        w.u32(4)
+      }],
+      ["arch.attention.key_length", 4, u32(96)],
+      ["arch.attention.value_length", 4, u32(80)],
+      ["arch.attention.sliding_window", 4, u32(4096)],
+      ["arch.expert_count", 5, (w) => w.i32(16)],
+      ["general.file_type", 4, u32(15)],
+      ["general.flag", 7, (w) => w.bytes(Uint8Array.from([1]))],
+      ["tokenizer.ggml.tokens", 9, (w) => {
+        w.u32(T.STRING)
+        w.u64(2)
+        w.str("a")
+        w.str("b")
+      }],
+      ["tokenizer.chat_template", 8, (w) => w.str("{{ x }}")]
+    ]))
+    expect(s).toMatchObject({
+      architecture: "arch",
+      contextLength: 131072,
+      blockCount: 3,
+      embeddingLength: 64,
+      feedForwardLength: 256,
+      headCount: 8,
+      headCountKv: 4, // the largest of the per-layer counts
+      headCountKvPerLayer: [2, 0, 4],
+      keyLength: 96,
+      valueLength: 80,
+      slidingWindow: 4096,
+      expertCount: 16,
+      fileType: 15,
+      vocabularySize: 2,
+      chatTemplateLength: 7,
+      parameterCount: 0,
+      tensorCount: 0,
+      weightsBytes: 0
+    })
+    expect(s.chatTemplateSha256).toMatch(/^[0-9a-f]{64}$/)
+    const none = summaryOf(withKeys([]))
+    expect(none).toMatchObject({ contextLength: null, blockCount: null, headCountKv: null, headCountKvPerLayer: null, vocabularySize: null, chatTemplateSha256: null, chatTemplateLength: null, fileType: null })
+  })
+
+  it("a value of an unusable type reads as absent: a string count, a negative i64, a u64 past 2^53, a NaN", () => {
+    const s = summaryOf(withKeys([
+      ["arch.context_length", 8, (w) => w.str("4096")],
+      ["arch.block_count", 11, u64(2n ** 64n - 1n)], // i64 -1
+      ["arch.embedding_length", 10, u64(2n ** 60n)],
+      ["arch.attention.head_count", 6, (w) => w.f32(NaN)]
+    ]))
+    expect(s).toMatchObject({ contextLength: null, blockCount: null, embeddingLength: null, headCount: null })
+  })
+
+  it("the architecture must be valid UTF-8", () => {
+    const bad = header((w) => {
+      w.str("general.architecture")
+      w.u32(T.STRING)
+      w.u64(2)
+      w.bytes(Uint8Array.from([0xc3, 0x28]))
+    }, { keys: 1 })
+    const o = outcome(bad)
+    if (!("ok" in o)) throw new Error(JSON.stringify(o))
+    const summary = Gguf.summarize(o.ok)
+    expect(Either.isLeft(summary) ? summary.left.reason : "summarized").toBe("gguf_bad_string")
+  })
+
+  it("tight caps refuse what the defaults admit: the tiny model's vocabulary, its key count, its tensors, its strings", () => {
+    const caps = Gguf.defaultCaps
+    expect(reasonOf(TINY_BYTES, { ...caps, maxArrayLength: 259 })).toBe("gguf_limit_exceeded")
+    expect(reasonOf(TINY_BYTES, { ...caps, maxKeys: 5 })).toBe("gguf_limit_exceeded")
+    expect(reasonOf(TINY_BYTES, { ...caps, maxTensors: 20 })).toBe("gguf_limit_exceeded")
+    expect(reasonOf(TINY_BYTES, { ...caps, maxStringBytes: 10 })).toBe("gguf_limit_exceeded")
+    expect(reasonOf(TINY_BYTES, { ...caps, maxArrayLength: 260, maxKeys: 20, maxTensors: 21 })).toBe("ok")
+  })
+})
+
