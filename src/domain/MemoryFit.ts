@@ -2,8 +2,8 @@
  * What a model will cost in memory, before any process loads it, and whether that fits the
  * ceiling. Pure: from a GGUF summary and the context size and slots the runtime is started with.
  *
- * llama-server's own arithmetic (this build, llama.cpp de3ff81), confirmed by its log on generated
- * models (docs/benchmarks.md):
+ * llama-server's own arithmetic (this build, llama.cpp de3ff81), read from its code and confirmed by
+ * its log on generated models (docs/benchmarks.md):
  * - **KV cache.** `-c C` is the total shared by `-np P` slots; without a unified cache each slot
  *   gets `C / P` cells rounded up to a multiple of 256 (`-c 512 -np 4` allocates 1024 cells,
  *   `-c 2048 -np 4` 2048). Per cell and layer: KV heads × (key + value length) × 2 bytes (f16).
@@ -37,9 +37,15 @@ export interface Estimate {
   readonly cells: number
 }
 
-/** Cells llama-server allocates for `-c contextSize -np parallel` (non-unified cache). */
+const pad = (n: number) => Math.ceil(n / CELL_ROUND) * CELL_ROUND
+
+/**
+ * Cells llama-server allocates for `-c contextSize -np parallel` (non-unified cache), as
+ * `llama_context`'s constructor computes them (src/llama-context.cpp): the context padded to 256,
+ * divided by the slots (rounding down), that padded to 256, times the slots.
+ */
 export const cellsFor = (contextSize: number, parallel: number): { readonly perSlot: number; readonly total: number } => {
-  const perSlot = Math.ceil(Math.ceil(contextSize / parallel) / CELL_ROUND) * CELL_ROUND
+  const perSlot = Math.max(CELL_ROUND, pad(Math.floor(pad(contextSize) / parallel)))
   return { perSlot, total: perSlot * parallel }
 }
 

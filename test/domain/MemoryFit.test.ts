@@ -18,6 +18,10 @@ describe("MemoryFit", () => {
     expect(MemoryFit.cellsFor(2048, 4)).toEqual({ perSlot: 512, total: 2048 })
     expect(MemoryFit.cellsFor(4096, 1)).toEqual({ perSlot: 4096, total: 4096 })
     expect(MemoryFit.cellsFor(1000, 3)).toEqual({ perSlot: 512, total: 1536 })
+    // The context is padded first, then divided (rounding down), then padded again (llama-context.cpp).
+    expect(MemoryFit.cellsFor(300, 1)).toEqual({ perSlot: 512, total: 512 })
+    expect(MemoryFit.cellsFor(1, 4)).toEqual({ perSlot: 256, total: 1024 })
+    expect(MemoryFit.cellsFor(2304, 4)).toEqual({ perSlot: 768, total: 3072 })
   })
 
   it("the KV cache bytes llama-server logged for a 3-layer, 2-KV-head, head-16 model (f16)", () => {
