@@ -50,7 +50,7 @@ export interface GgufCaps {
   readonly maxStringBytes: number
   /** Elements of one array (a vocabulary, its merges). */
   readonly maxArrayLength: number
-  /** Arrays inside arrays. */
+  /** Levels of arrays: 1 is arrays of scalars or strings (llama.cpp's gguf.cpp refuses nested arrays). */
   readonly maxArrayDepth: number
   /** Bytes from the file's start to the end of the tensor infos. */
   readonly maxHeaderBytes: number
@@ -61,7 +61,7 @@ export const defaultCaps: GgufCaps = {
   maxKeys: 65_536,
   maxStringBytes: 16 * 1024 * 1024,
   maxArrayLength: 16 * 1024 * 1024,
-  maxArrayDepth: 2,
+  maxArrayDepth: 1,
   maxHeaderBytes: 512 * 1024 * 1024
 }
 

@@ -8,13 +8,15 @@
  *   gets `C / P` cells rounded up to a multiple of 256 (`-c 512 -np 4` allocates 1024 cells,
  *   `-c 2048 -np 4` 2048). Per cell and layer: KV heads × (key + value length) × 2 bytes (f16).
  *   Sliding-window layers would need fewer cells; they are counted in full, erring high.
- * - **Compute buffers** (a heuristic fitted to the sizes llama-server logs, erring high):
- *   `n_ubatch × (4 × n_vocab + 2 × cells per slot + 4 × (embedding + feed-forward))` bytes, with
- *   `n_ubatch` 512. The logged buffers grow by `n_vocab × n_ubatch × 3.25` and by 2 bytes per cell
- *   per ubatch row (the mask; flash attention is on by default on CPU, so no full score matrix).
+ * - **Compute buffers** (fitted to the sizes llama-server logs, with flash attention on, its CPU
+ *   default): `n_ubatch × 4 × max(4 × feed-forward + embedding, 6.5 × embedding)` for the
+ *   activations, plus `n_ubatch × 2` bytes per cell of a slot (the mask), plus the output buffer
+ *   (`n_vocab × slots × 4`: one row per slot, so the vocabulary barely counts), all +10 %.
  * - **Weights**: the tensors' bytes, all of them resident after the first answer.
- * - **Overhead**: the runtime's own code and buffers beyond those, measured here at 8–14 MiB
- *   (peak RSS less weights, KV cache and compute); 16 MiB is counted.
+ * - **Overhead**: the runtime's own code and buffers beyond those, about 18–19 MiB here (mostly
+ *   shared libraries, measured after long prompts); 20 MiB is counted.
+ * - **Context.** Without `-c`, llama-server gives each slot the model's whole training context, so
+ *   the default context here is that times the slots.
  */
 import { Either } from "effect"
 import { type Refusal, refusal, ResourceError } from "./Errors.js"
@@ -22,7 +24,7 @@ import type { GgufSummary } from "./Gguf.js"
 
 export const CELL_ROUND = 256
 export const UBATCH = 512
-export const OVERHEAD_BYTES = 16 * 1024 * 1024
+export const OVERHEAD_BYTES = 20 * 1024 * 1024
 const F16 = 2
 
 export interface Estimate {
@@ -50,13 +52,13 @@ export const cellsFor = (contextSize: number, parallel: number): { readonly perS
 }
 
 /**
- * The estimate for `summary` started with `contextSize` (the model's own context length when not
- * given) and `parallel` slots. Missing shape fields count as their largest plausible value would
+ * The estimate for `summary` started with `contextSize` (when not given, the model's own context
+ * length for each slot, as llama-server does) and `parallel` slots. Missing shape fields count as their largest plausible value would
  * not be known, so they fall back to what the embedding implies (head length = embedding / heads).
  */
 export const estimate = (summary: GgufSummary, options: { readonly contextSize?: number | undefined; readonly parallel: number }): Estimate => {
-  const contextSize = options.contextSize ?? summary.contextLength ?? 4096
   const parallel = Math.max(1, options.parallel)
+  const contextSize = options.contextSize ?? (summary.contextLength ?? 4096) * parallel
   const { perSlot, total } = cellsFor(contextSize, parallel)
   const layers = summary.blockCount ?? 0
   const embedding = summary.embeddingLength ?? 0
@@ -69,7 +71,8 @@ export const estimate = (summary: GgufSummary, options: { readonly contextSize?:
   const kvCacheBytes = total * kvPerCell
   const vocabulary = summary.vocabularySize ?? 0
   const feedForward = summary.feedForwardLength ?? 4 * embedding
-  const computeBytes = UBATCH * (4 * vocabulary + 2 * perSlot + 4 * (embedding + feedForward))
+  const activations = UBATCH * 4 * Math.max(4 * feedForward + embedding, 6.5 * embedding)
+  const computeBytes = Math.ceil(1.1 * (activations + UBATCH * 2 * perSlot + vocabulary * parallel * 4))
   const weightsBytes = summary.weightsBytes
   const totalBytes = weightsBytes + kvCacheBytes + computeBytes + OVERHEAD_BYTES
   return { weightsBytes, kvCacheBytes, computeBytes, overheadBytes: OVERHEAD_BYTES, totalBytes, contextSize, parallel, cells: total }

@@ -41,6 +41,8 @@ describe("MemoryFit", () => {
     expect(e.computeBytes / MiB).toBeGreaterThan(6.26) // logged: CPU compute buffer size = 6.26 MiB
     // Without a context size, the model's own.
     expect(MemoryFit.estimate(summary, { parallel: 1 }).contextSize).toBe(1024)
+    // Without -c, llama-server gives every slot the training context.
+    expect(MemoryFit.estimate(summary, { parallel: 4 }).contextSize).toBe(4096)
     // Per-layer KV heads, when the file gives them, are summed layer by layer.
     const perLayer = MemoryFit.estimate({ ...summary, headCountKvPerLayer: [2, 0, 0] }, { contextSize: 256, parallel: 1 })
     expect(perLayer.kvCacheBytes).toBe(256 * 2 * (16 + 16) * 2)
