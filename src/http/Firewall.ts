@@ -67,9 +67,18 @@ const Int = (min: number, max: number) => Schema.Int.pipe(Schema.between(min, ma
 const Num = (min: number, max: number) => Schema.Number.pipe(Schema.between(min, max))
 const Short = Schema.String.pipe(Schema.maxLength(MAX_NAME))
 const opt = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { exact: true })
-/** A value passed through as JSON (a JSON Schema, tool arguments); bounded by depth and characters. */
-const Json = Schema.Unknown
-const JsonObject = Schema.Record({ key: Schema.String, value: Json })
+/**
+ * A value passed through as JSON (a JSON Schema, tool parameters); bounded by depth and characters.
+ * No `__proto__` key at any depth: a decoded record would drop it (an object's prototype is not
+ * data), so what the runtime got would differ from what the client sent.
+ */
+const hasProtoKey = (node: unknown): boolean => {
+  if (typeof node !== "object" || node === null) return false
+  if (Array.isArray(node)) return node.some(hasProtoKey)
+  for (const key in node) if (key === "__proto__" || hasProtoKey((node as Record<string, unknown>)[key])) return true
+  return false
+}
+const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown }).pipe(Schema.filter((value) => !hasProtoKey(value)))
 
 /**
  * Tokens to generate: a positive int32 (llama-server reads it as one, so a larger value would wrap
@@ -79,34 +88,50 @@ const JsonObject = Schema.Record({ key: Schema.String, value: Json })
 const TokenCount = Schema.Int.pipe(Schema.between(-1, 2 ** 31 - 1), Schema.filter((n) => n !== 0))
 
 /**
- * How deep a GBNF grammar's groups nest, outside its literals, character classes and comments: the
- * grammar parser recurses per group, and a few tens of thousands of levels crash llama-server.
+ * How deep a GBNF grammar's groups nest, and how many there are, outside its literals, character
+ * classes and comments: the grammar parser recurses per group, and a few tens of thousands of
+ * levels crash llama-server. Read as its parser (`llama-grammar.cpp`) reads: the text ends at the
+ * first NUL (a C string), and a `#` comment ends at `\r` or `\n` (`parse_space`).
  */
-export const grammarDepth = (grammar: string): number => {
+export const grammarShape = (grammar: string): { readonly depth: number; readonly groups: number } => {
+  const nul = grammar.indexOf("\0")
+  const text = nul === -1 ? grammar : grammar.slice(0, nul)
   let depth = 0
   let deepest = 0
-  for (let i = 0; i < grammar.length; i++) {
-    const c = grammar[i]
+  let groups = 0
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]
     if (c === "\"" || c === "[") {
       const close = c === "\"" ? "\"" : "]"
-      for (i++; i < grammar.length && grammar[i] !== close; i++) if (grammar[i] === "\\") i++
+      for (i++; i < text.length && text[i] !== close; i++) if (text[i] === "\\") i++
     } else if (c === "#") {
-      while (i < grammar.length && grammar[i] !== "\n") i++
+      while (i + 1 < text.length && text[i + 1] !== "\n" && text[i + 1] !== "\r") i++
     } else if (c === "(") {
+      groups++
       deepest = Math.max(deepest, ++depth)
     } else if (c === ")") {
       depth--
     }
   }
-  return deepest
+  return { depth: deepest, groups }
 }
 
+/** How deep a grammar's groups nest (see `grammarShape`). */
+export const grammarDepth = (grammar: string): number => grammarShape(grammar).depth
+
+/** The most groups a grammar may have: a backstop should a nesting ever be misread. */
+export const MAX_GROUPS = 4096
+
 /**
- * A GBNF grammar: groups nested at most `MAX_DEPTH`, and not an llguidance grammar (`%llguidance`),
+ * A GBNF grammar: groups nested at most `MAX_DEPTH`, at most `MAX_GROUPS` of them, and not an llguidance grammar (`%llguidance`),
  * which a build without llguidance answers by aborting.
  */
 const Grammar = Schema.String.pipe(
-  Schema.filter((grammar) => !grammar.trimStart().startsWith("%llguidance") && grammarDepth(grammar) <= MAX_DEPTH)
+  Schema.filter((grammar) => {
+    if (grammar.trimStart().startsWith("%llguidance")) return false
+    const { depth, groups } = grammarShape(grammar)
+    return depth <= MAX_DEPTH && groups <= MAX_GROUPS
+  })
 )
 
 const Stop = Schema.Union(Schema.String.pipe(Schema.maxLength(1024)), Schema.Array(Schema.String.pipe(Schema.maxLength(1024))).pipe(Schema.maxItems(MAX_STOP)))
@@ -153,10 +178,11 @@ const Tool = Schema.Struct({
   })
 })
 
-const ToolChoice = Schema.Union(
-  Schema.Literal("none", "auto", "required"),
-  Schema.Struct({ type: Schema.Literal("function"), function: Schema.Struct({ name: FunctionName }) })
-)
+/**
+ * A mode only: llama-server reads `tool_choice` as a string and takes any other shape for `"auto"`,
+ * so a client naming one function would silently get any. Refused rather than ignored.
+ */
+const ToolChoice = Schema.Literal("none", "auto", "required")
 
 const ResponseFormat = Schema.Union(
   Schema.Struct({ type: Schema.Literal("text") }),
@@ -193,7 +219,7 @@ const sampling = {
   min_p: opt(Num(0, 1)),
   typical_p: opt(Num(0, 1)),
   repeat_penalty: opt(Num(0, 5)),
-  repeat_last_n: opt(Int(-1, 32_768)),
+  repeat_last_n: opt(Int(0, 32_768)), // llama-server refuses a negative one
   dynatemp_range: opt(Num(0, 5)),
   dynatemp_exponent: opt(Num(0, 10)),
   mirostat: opt(Schema.Literal(0, 1, 2)),
@@ -205,8 +231,8 @@ const sampling = {
   dry_multiplier: opt(Num(0, 5)),
   dry_base: opt(Num(1, 4)),
   dry_allowed_length: opt(Int(0, 100)),
-  dry_penalty_last_n: opt(Int(-1, 32_768)),
-  dry_sequence_breakers: opt(Schema.Array(Schema.String.pipe(Schema.maxLength(64))).pipe(Schema.maxItems(MAX_STOP))),
+  dry_penalty_last_n: opt(Int(0, 32_768)),
+  dry_sequence_breakers: opt(Schema.Array(Schema.String.pipe(Schema.maxLength(64))).pipe(Schema.minItems(1), Schema.maxItems(MAX_STOP))),
   min_keep: opt(Int(0, 100)),
   n_probs: opt(Int(0, MAX_PROBS)),
   ignore_eos: opt(Schema.Boolean),
@@ -263,18 +289,26 @@ const decoders = {
 // ---------------------------------------------------------------------------------------------
 
 /**
+ * Where an inline image's data sits, the one string `measure` does not count: `messages[i].content[j].image_url.url`.
+ * Each step names the key (or, for `"*"`, any array index) that leads to the next.
+ */
+const IMAGE_PATH: ReadonlyArray<string> = ["messages", "*", "content", "*", "image_url", "url"]
+
+/**
  * Characters of text in a body, and whether it nests deeper than `MAX_DEPTH`. Every string counts
- * (keys too), but an inline image's data, which the body limit bounds; every other value counts
- * one, so a schema cannot hide a million-entry `enum` of numbers (each an alternative in the
- * grammar llama-server would compile).
+ * (keys too), but an inline image's data, which the body limit bounds (only at its place in a
+ * message: an `image_url` key anywhere else counts like any other); every other value counts one,
+ * so a schema cannot hide a million-entry `enum` of numbers (each an alternative in the grammar
+ * llama-server would compile).
  */
 export const measure = (value: unknown): { readonly characters: number; readonly tooDeep: boolean } => {
   let characters = 0
   let tooDeep = false
-  const walk = (node: unknown, depth: number, image: boolean): void => {
+  // `step`: how much of IMAGE_PATH leads to this node (-1: off it).
+  const walk = (node: unknown, depth: number, step: number): void => {
     if (tooDeep) return
     if (typeof node === "string") {
-      if (!image) characters += node.length
+      if (step !== IMAGE_PATH.length) characters += node.length
       return
     }
     if (typeof node !== "object" || node === null) {
@@ -285,16 +319,18 @@ export const measure = (value: unknown): { readonly characters: number; readonly
       tooDeep = true
       return
     }
+    const next = step >= 0 && step < IMAGE_PATH.length ? IMAGE_PATH[step] : undefined
     if (Array.isArray(node)) {
-      for (const item of node) walk(item, depth + 1, false)
+      const onPath = next === "*" ? step + 1 : -1
+      for (const item of node) walk(item, depth + 1, onPath)
       return
     }
     for (const key in node) {
       characters += key.length
-      walk((node as Record<string, unknown>)[key], depth + 1, image || key === "image_url")
+      walk((node as Record<string, unknown>)[key], depth + 1, next !== undefined && next !== "*" && key === next ? step + 1 : -1)
     }
   }
-  walk(value, 0, false)
+  walk(value, 0, 0)
   return { characters, tooDeep }
 }
 

@@ -4,12 +4,13 @@
  * and fixed body before the runtime sees it. Then the door's other rules: the model's name, Host,
  * the Bearer scheme, `/v1/models`, and the generation deadline.
  */
-import { request as httpRequest } from "node:http"
+import { createServer, request as httpRequest } from "node:http"
 import { connect } from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Redacted } from "effect"
+import { Effect, Either, Redacted } from "effect"
 import * as Answers from "../../src/http/Answers.js"
 import * as Firewall from "../../src/http/Firewall.js"
+import * as Relay from "../../src/http/Relay.js"
 import { GatewayError } from "../../src/services/Errors.js"
 import { call, type Answer, gateway, portOf, slotsFreed, standIn, start } from "./gatewayHarness.js"
 
@@ -83,7 +84,13 @@ const CASES: ReadonlyArray<readonly [string, "chat" | "completion", Record<strin
   ["max_tokens 0 (llama-server would generate one anyway)", "chat", chat({ max_tokens: 0 }), refused("invalid_body")],
   ["max_tokens past int32 (it would wrap to -1, no limit)", "chat", chat({ max_tokens: 4_294_967_295 }), refused("invalid_body")],
   ["a grammar nested deeper than the limit", "completion", { prompt: "x", grammar: `root ::= ${"(".repeat(Firewall.MAX_DEPTH + 1)}"a"${")".repeat(Firewall.MAX_DEPTH + 1)}` }, refused("invalid_body")],
+  ["a grammar nested deep after a comment ended by \\r (llama's parser ends comments there)", "completion", { prompt: "x", grammar: `root ::= r # \rr ::= ${"(".repeat(Firewall.MAX_DEPTH + 1)}"a"${")".repeat(Firewall.MAX_DEPTH + 1)}\n` }, refused("invalid_body")],
   ["an llguidance grammar (aborts a build without it)", "completion", { prompt: "x", grammar: "%llguidance {}\nstart: \"a\"" }, refused("invalid_body")],
+  ["tool_choice naming a function (llama-server would silently read it as auto)", "chat", chat({ tools: [{ type: "function", function: { name: "f" } }], tool_choice: { type: "function", function: { name: "f" } } }), refused("invalid_body")],
+  ["repeat_last_n -1 (llama-server refuses negatives)", "chat", chat({ repeat_last_n: -1 }), refused("invalid_body")],
+  ["dry_penalty_last_n -1", "chat", chat({ dry_penalty_last_n: -1 }), refused("invalid_body")],
+  ["an empty dry_sequence_breakers (llama-server refuses it)", "chat", chat({ dry_sequence_breakers: [] }), refused("invalid_body")],
+  ["a __proto__ key inside a tool's parameters (a decoded record would drop it)", "chat", chat({ tools: [{ type: "function", function: { name: "f", parameters: JSON.parse("{\"type\":\"object\",\"properties\":{\"__proto__\":{\"type\":\"string\"}}}") } }] }), refused("invalid_body")],
   ["chat_template_kwargs replacing the messages", "chat", chat({ chat_template_kwargs: { messages: [{ role: "system", content: "x" }] } }), refused("invalid_body")],
   ["unknown chat_template_kwargs", "chat", chat({ chat_template_kwargs: { tools_in_system: "x" } }), refused("invalid_body")],
   // Refused: over the configured limits
@@ -92,6 +99,7 @@ const CASES: ReadonlyArray<readonly [string, "chat" | "completion", Record<strin
   ["more characters than allowed", "chat", chat({ messages: [user("x".repeat(2_001))] }), refused("request_too_large")],
   ["characters hidden in a tool's schema", "chat", chat({ tools: [{ type: "function", function: { name: "f", parameters: { description: "y".repeat(2_001) } } }] }), refused("request_too_large")],
   ["a schema's enum of numbers over the characters (each value counts)", "completion", { prompt: "x", json_schema: { enum: Array.from({ length: 2_001 }, (_, i) => i) } }, refused("request_too_large")],
+  ["characters hidden under an image_url key inside a tool's schema (only a message's image is exempt)", "chat", chat({ tools: [{ type: "function", function: { name: "f", parameters: { image_url: { url: "y".repeat(2_001) } } } }] }), refused("request_too_large")],
   ["a grammar over the characters", "completion", { prompt: "x", grammar: "g".repeat(2_001) }, refused("request_too_large")],
   // Refused: another model
   ["another model's name", "chat", chat({ model: "gpt-4o" }), refused("model_not_found")],
@@ -115,6 +123,29 @@ describe("Gateway firewall (in-memory manager, real socket)", () => {
     assert.strictEqual(Firewall.grammarDepth(`root ::= "((((" [(] "\\"(((" # (((((\n x`), 0)
     assert.strictEqual(Firewall.grammarDepth("(".repeat(1000)), 1000)
     assert.strictEqual(Firewall.grammarDepth(`"))))))" ${"(".repeat(40)}`), 40)
+    // As llama-grammar.cpp reads it: a comment ends at \r as well as \n, and the text at the first NUL.
+    assert.strictEqual(Firewall.grammarDepth("root ::= r # \r r ::= ((((\"a\"))))"), 4)
+    assert.strictEqual(Firewall.grammarDepth("root ::= r # \n r ::= ((\"a\"))"), 2)
+    assert.strictEqual(Firewall.grammarDepth("root ::= \"a\"\0 ((((("), 0)
+    assert.deepStrictEqual(Firewall.grammarShape("root ::= (\"a\") (\"b\" (\"c\"))"), { depth: 2, groups: 3 })
+  })
+
+  it("a grammar with more groups than the backstop is refused; at the backstop it passes", () => {
+    const wide = { ...options, maxCharacters: 1_000_000, unknownFields: "refuse" as const }
+    const grammar = (groups: number) => ({ prompt: "x", grammar: `root ::= ${"(\"a\")".repeat(groups)}` })
+    assert.isTrue(Either.isRight(Firewall.check("completion", grammar(Firewall.MAX_GROUPS), wide)))
+    const over = Firewall.check("completion", grammar(Firewall.MAX_GROUPS + 1), wide)
+    assert.strictEqual(Either.isLeft(over) ? over.left.reason : "accepted", "invalid_body")
+  })
+
+  it("measure exempts an inline image's data only at its place in a message", () => {
+    const data = "A".repeat(1_000)
+    const part = { type: "image_url", image_url: { url: data } }
+    assert.isBelow(Firewall.measure({ messages: [{ role: "user", content: [part] }] }).characters, 100)
+    assert.isAtLeast(Firewall.measure({ tools: [{ function: { parameters: part } }] }).characters, 1_000)
+    assert.isAtLeast(Firewall.measure({ messages: [{ role: "user", content: part }] }).characters, 1_000)
+    assert.isAtLeast(Firewall.measure({ image_url: { url: data } }).characters, 1_000)
+    assert.isAtLeast(Firewall.measure({ messages: [{ content: [{ image_url: { url: data, detail: data } }] }] }).characters, 1_000)
   })
 
   it.scopedLive("each schema decision: accepted as sent, capped, or refused before the runtime sees it", () =>
@@ -247,4 +278,45 @@ describe("Gateway firewall (in-memory manager, real socket)", () => {
       yield* slotsFreed
       assert.deepStrictEqual(upstream.aborted, [true])
     }).pipe(Effect.provide(gateway({ ...options, generationTimeout: "400 millis" }))))
+
+  it.scopedLive("a deadline passing on a reused kept-alive connection ends the request: it is not sent again", () =>
+    Effect.gen(function*() {
+      const upstream = yield* standIn("json-then-silent")
+      yield* start
+      const port = yield* portOf
+      assert.strictEqual((yield* post(port, "chat", chat())).status, 200) // leaves a kept-alive connection in the pool
+      const answer = yield* post(port, "chat", chat())
+      assert.strictEqual(answer.status, 504)
+      yield* slotsFreed
+      yield* Effect.sleep("300 millis") // time for a retry to reach the stand-in, were there one
+      assert.strictEqual(upstream.auth.length, 2, "the request given up at the deadline reached the runtime again")
+      assert.deepStrictEqual(upstream.aborted, [false, true])
+    }).pipe(Effect.provide(gateway({ ...options, generationTimeout: "500 millis" }))))
+
+  it.live("cutOff on a response that has already ended only closes its socket (no write after end)", () =>
+    Effect.gen(function*() {
+      const unexpected: Array<unknown> = []
+      const onUncaught = (error: unknown) => unexpected.push(error)
+      process.on("uncaughtException", onUncaught)
+      const closed = yield* Effect.async<boolean>((resume) => {
+        const server = createServer((_req, res) => {
+          res.setHeader("content-type", "text/event-stream") // as relay sets it: cutOff reads it back
+          res.writeHead(200)
+          res.end("data: {}\n\n")
+          Effect.runFork(Relay.cutOff(res, { reason: "generation_timeout", message: "m" }))
+          res.socket?.once("close", () => {
+            server.close()
+            resume(Effect.succeed(true))
+          })
+        })
+        server.listen(0, "127.0.0.1", () => {
+          const address = server.address() as { port: number }
+          httpRequest({ host: "127.0.0.1", port: address.port }, (r) => r.resume()).on("error", () => {}).end()
+        })
+      })
+      yield* Effect.sleep("50 millis")
+      process.off("uncaughtException", onUncaught)
+      assert.isTrue(closed)
+      assert.deepStrictEqual(unexpected, [])
+    }))
 })

@@ -300,6 +300,12 @@ describe("live: the door, in front of a real llama-server", () => {
         assert.match(answer, /^HTTP\/1\.1 400 /)
         assert.include(answer, "\"field_not_allowed\"")
       }
+      // A grammar whose comment ends at \r hides 30,000 nested groups from a \n-only reader; sent
+      // straight to this llama-server it kills it (found in review). The gateway reads it as llama does.
+      const crasher = `root ::= r # \rr ::= ${"(".repeat(30_000)}"a"${")".repeat(30_000)}\n`
+      const grammar = yield* rawCall(port, `POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${TOKEN}`, JSON.stringify({ prompt: "x", grammar: crasher }))
+      assert.match(grammar, /^HTTP\/1\.1 400 /)
+      assert.include(grammar, "\"invalid_body\"")
       assert.deepStrictEqual(runtimePids(), pids)
       const again = yield* Effect.promise(() =>
         new OpenAI({ baseURL: `${url}/v1`, apiKey: TOKEN, maxRetries: 0 }).completions.create({ model: NAME, prompt: "x", max_tokens: 2 }))
