@@ -116,8 +116,17 @@ export const send = (
   Effect.gen(function*() {
     let outgoing: ClientRequest | undefined
     let answer: IncomingMessage | undefined
+    // Set once the request is given up (scope closed, or deadline passed): a destroyed request's
+    // error is then no reason to try again, or a request nobody waits for would reach the runtime.
+    let closed = false
     // Scope.addFinalizer, not Effect.addFinalizer: the latter diffs the fiber's refs, a cost on the hot path.
-    yield* Scope.addFinalizer(yield* Effect.scope, Effect.sync(() => answer?.complete === true || outgoing?.destroy()))
+    yield* Scope.addFinalizer(
+      yield* Effect.scope,
+      Effect.sync(() => {
+        closed = true
+        if (answer?.complete !== true) outgoing?.destroy()
+      })
+    )
     return yield* Effect.async<IncomingMessage, GatewayError>((resume) => {
       const headers: Record<string, string | number> = { authorization: `Bearer ${Redacted.value(endpoint.apiKey)}` }
       if (body !== undefined) {
@@ -132,13 +141,16 @@ export const send = (
           resume(Effect.succeed(head))
         })
         current.on("error", () => {
-          if (answer !== undefined || outgoing !== current) return
+          if (closed || answer !== undefined || outgoing !== current) return
           if (mayRetry && current.reusedSocket) return attempt(false)
           resume(Effect.fail(new GatewayError({ reason: "upstream_failed" })))
         })
         current.end(body)
       }
-      const unregister = deadline?.onExpire(() => resume(timedOut()))
+      const unregister = deadline?.onExpire(() => {
+        closed = true
+        resume(timedOut())
+      })
       attempt(true)
       return unregister === undefined ? undefined : Effect.sync(unregister)
     })
@@ -174,6 +186,8 @@ export const relay = (answer: IncomingMessage, response: ServerResponse, deadlin
     answer.on("error", () => {}) // judged on close
     answer.once("end", () => response.end(() => resume(Effect.void)))
     answer.once("close", () => answer.complete || resume(Effect.fail(new GatewayError({ reason: "upstream_failed" }))))
+    // Still armed after the answer's end, while the client reads its last bytes: a client that stops
+    // reading must not hold the slot. Passing then, the response has ended and `cutOff` only closes.
     const unregister = deadline?.onExpire(() => resume(timedOut()))
     return unregister === undefined ? undefined : Effect.sync(unregister)
   })
@@ -190,8 +204,10 @@ export const cutOff = (response: ServerResponse, error: { readonly reason: strin
     const destroy = () => {
       response.socket?.destroy()
     }
+    // A write the socket refuses is no crash: the socket is being destroyed anyway.
+    response.on("error", () => {})
     const eventStream = String(response.getHeader("content-type") ?? "").startsWith("text/event-stream")
-    if (!eventStream || response.destroyed) return destroy()
+    if (!eventStream || response.destroyed || response.writableEnded) return destroy()
     // A blank line first ends any event the runtime left half-written.
     response.write(`\n\ndata: ${JSON.stringify(errorBody(error))}\n\n`, destroy)
     // Never resumed: the closed socket interrupts this request's fiber.

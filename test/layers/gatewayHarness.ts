@@ -65,9 +65,10 @@ export interface StandIn {
  * A runtime stand-in on a loopback port. `sse` sends one server-sent event every 50 ms and never
  * finishes; `silent` takes the request and never answers; `json` answers `{"ok":true}` at once;
  * `one-per-connection` answers like `json` but drops a kept-alive connection when it is reused,
- * without answering (as a server whose keep-alive timeout just ran out).
+ * without answering (as a server whose keep-alive timeout just ran out); `json-then-silent`
+ * answers its first request like `json` and never answers another.
  */
-export const standIn = (mode: "sse" | "silent" | "json" | "one-per-connection") =>
+export const standIn = (mode: "sse" | "silent" | "json" | "one-per-connection" | "json-then-silent") =>
   Effect.acquireRelease(
     Effect.async<StandIn & { close: () => void }>((resume) => {
       const aborted: Array<boolean> = []
@@ -84,7 +85,7 @@ export const standIn = (mode: "sse" | "silent" | "json" | "one-per-connection") 
           socket.served = true
         }
         let timer: NodeJS.Timeout | undefined
-        if (mode === "json" || mode === "one-per-connection") {
+        if (mode === "json" || mode === "one-per-connection" || (mode === "json-then-silent" && auth.length === 1)) {
           res.writeHead(200, { "content-type": "application/json" })
           res.end("{\"ok\":true}")
         } else if (mode === "sse") {
