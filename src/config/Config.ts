@@ -96,7 +96,8 @@ export const ModelName = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0
 /**
  * The default model name: the source URL's file name without its extension
  * (`…/Qwen3.5-0.8B-Q4_K_M.gguf` → `Qwen3.5-0.8B-Q4_K_M`), other characters made `-`; `model` when
- * nothing is left.
+ * nothing is left, or when what is left carries a digest (32 or more hex digits in a row, as a
+ * blob store's `sha256-<hex>` names do): the name is shown to every client, a digest never is.
  */
 export const nameFrom = (source: URL): string => {
   const file = source.pathname.slice(source.pathname.lastIndexOf("/") + 1)
@@ -108,7 +109,7 @@ export const nameFrom = (source: URL): string => {
   }
   const dot = decoded.lastIndexOf(".")
   const stem = (dot > 0 ? decoded.slice(0, dot) : decoded).replace(/[^A-Za-z0-9._:-]/g, "-").replace(/^[^A-Za-z0-9]+/, "").slice(0, 64)
-  return stem === "" ? "model" : stem
+  return stem === "" || /[0-9a-f]{32,}/i.test(stem) ? "model" : stem
 }
 
 /** `{ sha256, sizeBytes, source, name? }` in the file; a checked `ModelSpec`, a parsed URL and a name once decoded. */
@@ -232,7 +233,7 @@ export const CompanionConfigSchema = Schema.Struct({
     /** A body field the request schema does not know: `"refuse"` it (400) or `"strip"` it. */
     unknownFields: withDefault(Schema.Literal("refuse", "strip"), "refuse"),
     /** The most tokens one request may generate; a request asking more (or naming none) gets this many. */
-    maxTokens: withDefault(PositiveInt, 2048),
+    maxTokens: withDefault(PositiveInt.pipe(Schema.lessThanOrEqualTo(2 ** 31 - 1)).annotations({ identifier: "a positive integer up to 2147483647" }), 2048),
     maxMessages: withDefault(PositiveInt, 256),
     /** Characters of text across a request's messages (or prompt), tools and schemas. */
     maxCharacters: withDefault(PositiveInt, 256 * 1024),

@@ -105,14 +105,16 @@ export interface BodyLimits {
  */
 export const rateFloor = (minRate: number, windowMillis: number) => {
   const samples: Array<{ readonly at: number; readonly bytes: number }> = []
-  return (at: number, bytes: number): boolean => {
+  const below = (at: number, bytes: number): boolean => {
+    if (minRate <= 0) return false // off: nothing kept
     samples.push({ at, bytes })
-    if (minRate <= 0) return false
     while (samples.length > 1 && samples[1]!.at <= at - windowMillis) samples.shift()
     const from = samples[0]!
     const elapsed = at - from.at
     return elapsed >= windowMillis && (bytes - from.bytes) * 1000 < minRate * elapsed
   }
+  /** How many samples it holds (for tests: bounded by the window). */
+  return Object.assign(below, { held: () => samples.length })
 }
 
 /**

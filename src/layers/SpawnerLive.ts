@@ -30,7 +30,7 @@ import { randomBytes } from "node:crypto"
 import { connect, createServer } from "node:net"
 import { FileSystem } from "@effect/platform"
 import { NodeStream } from "@effect/platform-node"
-import { Config, ConfigProvider, Deferred, Duration, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
+import { Config, ConfigProvider, Deferred, Duration, Effect, Layer, Option, Redacted, Schedule, Stream, SynchronizedRef } from "effect"
 import { type CompanionConfig, defaultEnvAllowlist, readConfig } from "../config/Config.js"
 import { SpawnError } from "../services/Errors.js"
 import type { VerifiedModel } from "../services/ModelStore.js"
@@ -101,11 +101,18 @@ export const HARDENING_FLAGS = ["--no-webui", "--no-slots", "--offline", "--no-c
 export const supportedFlags = (help: string): ReadonlySet<string> =>
   new Set(HARDENING_FLAGS.filter((flag) => new RegExp(`(?:^|[\\s,])${flag}(?=[\\s,]|$)`, "m").test(help)))
 
-/** The binary's `--help` (stdout and stderr), or "" if it cannot be run; at most 10 s, then killed. */
+/**
+ * The binary's `--help` (stdout and stderr); at most 10 s, then killed. A binary that cannot answer
+ * it (a failed exit, a timeout) is `help_failed`, never "no hardening flags": a runtime started
+ * without them would serve its web UI and slots, and fetch from the network.
+ */
 const readHelp = (binary: string, env: Record<string, string>) =>
-  Effect.async<string>((resume) => {
-    const child = execFile(binary, ["--help"], { env, timeout: 10_000, killSignal: "SIGKILL", maxBuffer: 1 << 20 }, (_error, stdout, stderr) =>
-      resume(Effect.succeed(`${stdout}\n${stderr}`)))
+  Effect.async<string, SpawnError>((resume) => {
+    const child = execFile(binary, ["--help"], { env, timeout: 10_000, killSignal: "SIGKILL", maxBuffer: 1 << 20 }, (error, stdout, stderr) => {
+      if (error === null) return resume(Effect.succeed(`${stdout}\n${stderr}`))
+      const missing = "code" in error && (error.code === "ENOENT" || error.code === "EACCES")
+      resume(Effect.fail(new SpawnError({ reason: missing ? "spawn_failed" : "help_failed" })))
+    })
     child.stdin?.end()
     return Effect.sync(() => child.kill("SIGKILL"))
   })
@@ -253,10 +260,22 @@ export const make = (options: SpawnerOptions) =>
     const addressTimeout = options.addressTimeout ?? Duration.seconds(60)
     const stopGrace = options.stopGrace ?? Duration.seconds(5)
     const capacity = options.outputLines ?? 200
-    // Read once, on the first spawn: which hardening flags this binary takes.
-    const flags = yield* Effect.cached(
-      options.kind === "llama.cpp" ? Effect.map(readHelp(options.binary, baseEnv), supportedFlags) : Effect.succeed(new Set<string>())
-    )
+    // Read on the first spawn that gets an answer: which hardening flags this binary takes. A failed
+    // read is not kept (Effect.cached would keep it), so the next spawn asks again.
+    const known = yield* SynchronizedRef.make(Option.none<ReadonlySet<string>>())
+    const flags = options.kind === "llama.cpp"
+      ? SynchronizedRef.modifyEffect(known, (cached) =>
+        Option.isSome(cached)
+          ? Effect.succeed([cached.value, cached] as const)
+          : readHelp(options.binary, baseEnv).pipe(
+            Effect.map(supportedFlags),
+            Effect.tap((found) => {
+              const missing = HARDENING_FLAGS.filter((flag) => !found.has(flag))
+              return missing.length === 0 ? Effect.void : Effect.logWarning("The runtime binary lacks hardening flags; it runs without them.", { missing })
+            }),
+            Effect.map((found) => [found, Option.some(found)] as const)
+          ))
+      : Effect.succeed(new Set<string>())
 
     const spawnOnce = (model: VerifiedModel, port: number | undefined) =>
       Effect.gen(function*() {

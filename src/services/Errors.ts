@@ -73,6 +73,7 @@ export class ModelStoreError extends ReasonError("ModelStoreError", modelStoreMe
 
 const spawnMessages = {
   spawn_failed: "The runtime process could not be started.",
+  help_failed: "The runtime binary did not answer --help, so its hardening flags are unknown.",
   unverified_model: "Only a model verified by the model store can be started.",
   address_not_reported: "The runtime did not report its listening address.",
   exited_early: "The runtime process exited before it reported its address."

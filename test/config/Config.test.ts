@@ -119,6 +119,9 @@ describe("one configuration", () => {
       // The body limit is checked too.
       assert.deepStrictEqual(verdict(yield* both({ gateway: { maxBodyBytes: 0 } })), [false, false])
       assert.deepStrictEqual(verdict(yield* both({ gateway: { maxBodyBytes: 2 * 1024 ** 3 } })), [false, false])
+      // Passed to llama-server's --n-predict, an int32: one more would wrap.
+      assert.deepStrictEqual(verdict(yield* both({ gateway: { maxTokens: 2 ** 31 - 1 } })), [true, true])
+      assert.deepStrictEqual(verdict(yield* both({ gateway: { maxTokens: 2 ** 31 } })), [false, false])
       assert.deepStrictEqual(verdict(yield* both({ admission: { maxInFlight: 0 } })), [false, false])
     }))
 
@@ -196,6 +199,11 @@ describe("one configuration", () => {
       assert.strictEqual(nameFrom(url("/a/")), "model")
       assert.strictEqual(nameFrom(url("/a/%ZZbroken.gguf")), "ZZbroken")
       assert.strictEqual(nameFrom(url(`/a/${"n".repeat(100)}.gguf`)).length, 64)
+      // A blob store's digest-named file: never shown to clients as the model's name.
+      const digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+      assert.strictEqual(nameFrom(url(`/v2/library/blobs/sha256-${digest}`)), "model")
+      assert.strictEqual(nameFrom(url(`/a/${digest}.gguf`)), "model")
+      assert.strictEqual(nameFrom(url(`/a/${digest.slice(0, 31)}.gguf`)), digest.slice(0, 31))
       // Whatever the URL, the derived name is one the schema accepts.
       for (const path of ["/a/%2e%2e.gguf", "/a/---.gguf", "/a/%F0%9F%A6%99.gguf", "/a/x y.q4.gguf"]) {
         assert.match(nameFrom(url(path)), /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/, path)

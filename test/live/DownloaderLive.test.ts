@@ -254,6 +254,12 @@ describe("DownloaderLive", () => {
     const off = DownloaderLive.rateFloor(0, 1000)
     assert.isFalse(off(0, 0))
     assert.isFalse(off(10_000, 0))
+    // Bounded memory: off keeps nothing; on keeps one window's ticks (and the one before it).
+    for (let t = 0; t < 100_000; t += 10) off(t, t)
+    assert.strictEqual(off.held(), 0)
+    const on = DownloaderLive.rateFloor(1, 1000)
+    for (let t = 0; t < 100_000; t += 10) on(t, t)
+    assert.isAtMost(on.held(), 1000 / 10 + 1)
   })
 
   it.live("no headers for the stall timeout is stall_timeout", () => expectDownloadError("/m/stall-headers", "stall_timeout"))
