@@ -1,5 +1,5 @@
 /**
- * `companion-runtime` — serve, pull, verify, status. Built with @effect/cli, run with
+ * `companion-runtime` — serve, pull, pin, verify, inspect, status. Built with @effect/cli, run with
  * NodeRuntime.runMain (SIGINT/SIGTERM interrupt the program: `serve` then drains, stops the runtime
  * and exits 0). Failures print their fixed message, never a URL, path, digest or key, and exit 1.
  *
@@ -39,6 +39,19 @@ const pull = Command.make("pull", { config: configOption }, ({ config }) =>
     Command.withDescription("Download and verify the configured model, and nothing else (no runtime is needed).")
   )
 
+const pin = Command.make(
+  "pin",
+  {
+    repo: Args.text({ name: "repo" }).pipe(Args.withDescription("namespace/name on the hub")),
+    file: Args.text({ name: "file" }).pipe(Args.withDescription("the GGUF file's path in the repository")),
+    revision: Options.text("revision").pipe(Options.withDefault("main"), Options.withDescription("a branch, tag or commit; pinned as its commit")),
+    config: Options.text("config").pipe(Options.withDefault("companion-runtime.json"), Options.withDescription("the config file to create or update")),
+    name: Options.text("name").pipe(Options.optional, Options.withDescription("the model's name for clients (default: the file's name)")),
+    hub: Options.text("hub").pipe(Options.optional, Options.withDescription("the hub's https origin (default https://huggingface.co)"))
+  },
+  (options) => report(Effect.flatMap(Effect.promise(() => import("./pin.js")), (m) => m.pin(options)))
+).pipe(Command.withDescription("Pin a GGUF from a hub at a commit: its SHA-256 and size cross-checked, its header judged, written into the config."))
+
 const verify = Command.make(
   "verify",
   {
@@ -66,7 +79,7 @@ const status = Command.make(
   ({ url }) => report(Effect.flatMap(Effect.promise(() => import("./status.js")), (m) => m.status(url)))
 ).pipe(Command.withDescription("Ask a running gateway's /health; exit 0 only when ready."))
 
-const root = Command.make("companion-runtime").pipe(Command.withSubcommands([serve, pull, verify, inspect, status]))
+const root = Command.make("companion-runtime").pipe(Command.withSubcommands([serve, pull, pin, verify, inspect, status]))
 
 /** The command as an Effect of its arguments (`process.argv`), for tests and for `run`. */
 export const cli = Command.run(root, { name: "companion-runtime", version: VERSION })

@@ -5,7 +5,7 @@
 import { createServer } from "node:http"
 import { FileSystem, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Console, Effect, Layer, Stream } from "effect"
+import { Config, Console, Effect, Layer, Option, Stream } from "effect"
 import { type CompanionConfig, ConfigFileError, parseFile } from "../config/Config.js"
 import * as Gateway from "../http/Gateway.js"
 import * as LiveLayers from "../layers/LiveLayers.js"
@@ -14,13 +14,30 @@ import { RuntimeManager } from "../services/RuntimeManager.js"
 
 const elapsed = (since: number) => `${Math.round(performance.now() - since)} ms`
 
-/** Read and validate the config file: one schema, every problem named by field, never by value. */
+/**
+ * Read and validate the config file: one schema, every problem named by field, never by value.
+ * With no `hub.token` in it, the environment's `HF_TOKEN` (else `HUGGING_FACE_HUB_TOKEN`) is the hub's token.
+ */
 export const load = (path: string) =>
   Effect.flatMap(FileSystem.FileSystem, (fs) =>
     Effect.flatMap(
-      Effect.mapError(fs.readFileString(path), () => new ConfigFileError({ reason: "unreadable", problems: [] })),
-      parseFile
+      Effect.flatMap(
+        Effect.mapError(fs.readFileString(path), () => new ConfigFileError({ reason: "unreadable", problems: [] })),
+        parseFile
+      ),
+      (config) =>
+        Option.isSome(config.hub.token)
+          ? Effect.succeed(config)
+          : Effect.map(
+            Effect.orElseSucceed(Config.option(Config.orElse(Config.redacted("HF_TOKEN"), () => Config.redacted("HUGGING_FACE_HUB_TOKEN"))), () => Option.none()),
+            (token) => ({ ...config, hub: { ...config.hub, token } })
+          )
     ))
+
+/** A hub source's repository and commit, said before the work (no other part of the URL). */
+const announce = (config: CompanionConfig) =>
+  Effect.flatMap(Effect.promise(() => import("./pin.js")), (m) =>
+    Option.match(m.describeSource(config), { onNone: () => Effect.void, onSome: (text) => Console.log(`model from ${text}`) }))
 
 /** The live stack and the gateway, configured from the file. */
 const serverLayer = (config: CompanionConfig) =>
@@ -36,6 +53,7 @@ export const serve = (file: string) =>
       const manager = yield* RuntimeManager
       const store = yield* ModelStore
       const server = yield* HttpServer.HttpServer
+      yield* announce(config)
       const t0 = performance.now()
       // Verified here once; the start below finds the same file unchanged and does not read it again.
       yield* Effect.scoped(store.ensure(config.model.spec, config.model.source))
@@ -72,6 +90,7 @@ const bar = (received: number, expected: number, startedAt: number) => {
 export const pull = (file: string) =>
   Effect.gen(function*() {
     const config = yield* load(file)
+    yield* announce(config)
     const tty = process.stdout.isTTY === true
     const t0 = performance.now()
     let lastLine = 0

@@ -26,6 +26,7 @@ import {
 import * as Admission from "../domain/Admission.js"
 import type { IntegrityReason } from "../domain/Errors.js"
 import * as Gguf from "../domain/Gguf.js"
+import * as Hub from "../domain/Hub.js"
 import * as Integrity from "../domain/Integrity.js"
 import * as ModelPolicy from "../domain/ModelPolicy.js"
 import * as ResourcePolicy from "../domain/ResourcePolicy.js"
@@ -63,6 +64,8 @@ const Text = Schema.String.pipe(Schema.minLength(1)).annotations({ identifier: "
 
 const AllowlistEntry = Schema.String.pipe(Schema.filter((entry) => Integrity.isAllowlistEntry(entry)))
   .annotations({ identifier: "an https URL prefix without credentials, query or fragment" })
+const HubUrl = Schema.String.pipe(Schema.filter((url) => Either.isRight(Hub.parseHub(url))))
+  .annotations({ identifier: "an https origin (no path, credentials, query or fragment)" })
 
 const Origin = Schema.String.pipe(
   Schema.filter((origin) => URL.canParse(origin) && new URL(origin).origin === origin)
@@ -157,7 +160,7 @@ export const CompanionConfigSchema = Schema.Struct({
   /** Where verified models live: `<storeDir>/<sha256>`. */
   storeDir: withDefault(Text, ".companion-runtime/models"),
   model: ModelEntry,
-  /** URL prefixes a download, and every redirect hop of it, may come from. */
+  /** URL prefixes a download, and every redirect hop of it, may come from (`https://*.<domain>/` admits its subdomains). */
   allowedSources: withDefault(Schema.Array(AllowlistEntry), []),
   admission: section({
     maxInFlight: withDefault(Admission.AdmissionLimits.fields.maxInFlight, 4),
@@ -223,6 +226,17 @@ export const CompanionConfigSchema = Schema.Struct({
     maxArrayLength: withDefault(PositiveInt, Gguf.defaultCaps.maxArrayLength),
     maxArrayDepth: withDefault(PositiveInt, Gguf.defaultCaps.maxArrayDepth),
     maxHeaderBytes: withDefault(PositiveInt, Gguf.defaultCaps.maxHeaderBytes)
+  }),
+  /** A Hugging Face-style hub: where `pin` asks, and what a source on it may be redirected to. */
+  hub: section({
+    url: withDefault(HubUrl, Hub.DEFAULT_HUB),
+    /**
+     * Redirect targets of a source on the hub (its resolve URLs), never first sources: its storage
+     * hosts. The default is what the hub documents (`https://*.hf.co/`).
+     */
+    storageHosts: withDefault(Schema.Array(AllowlistEntry), Hub.DEFAULT_STORAGE_HOSTS),
+    /** For gated repositories; sent to the hub's own origin only. `HF_TOKEN` when absent (the command). */
+    token: off(Schema.Redacted(Text))
   }),
   gateway: section({
     port: withDefault(Port, 0),
@@ -336,6 +350,18 @@ export class ConfigFileError extends Schema.TaggedError<ConfigFileError>("compan
 /** The file's JSON, decoded: unknown keys refused, every problem listed. */
 export const decodeFile = (json: unknown): Effect.Effect<CompanionConfig, ConfigFileError> =>
   Schema.decodeUnknown(CompanionConfigSchema, { onExcessProperty: "error", errors: "all" })(json).pipe(
+    Effect.mapError((error) => new ConfigFileError({ reason: "invalid", problems: uniqueProblems(error.issue).map(formatProblem) }))
+  )
+
+/**
+ * A file's `download` and `hub` sections alone, as `decodeFile` reads them: what `pin` needs before
+ * the file has a model (its CA files and the hub's token).
+ */
+export const decodeHubSections = (json: unknown) =>
+  Schema.decodeUnknown(
+    Schema.Struct({ download: CompanionConfigSchema.from.fields.download, hub: CompanionConfigSchema.from.fields.hub }),
+    { onExcessProperty: "ignore", errors: "all" }
+  )(json).pipe(
     Effect.mapError((error) => new ConfigFileError({ reason: "invalid", problems: uniqueProblems(error.issue).map(formatProblem) }))
   )
 
@@ -465,3 +491,16 @@ export const keys = (): ReadonlyArray<string> => {
     )
   return walk(encodedStruct(), "")
 }
+
+/** The model policy, the runtime's context and slots, and the RAM ceiling: what a pre-flight judges against. */
+export const preflightOptions = (config: Pick<CompanionConfig, "policy" | "runtime" | "admission" | "resources">): ModelPolicy.PreflightOptions => ({
+  policy: {
+    architectures: config.policy.architectures,
+    maxChatTemplateBytes: config.policy.maxChatTemplateBytes,
+    chatTemplateSha256s: config.policy.chatTemplateSha256s,
+    templateReplaced: Option.isSome(config.policy.chatTemplateFile)
+  },
+  contextSize: Option.getOrUndefined(config.runtime.contextSize),
+  parallel: config.admission.maxInFlight,
+  maxRamBytes: config.resources.maxRamBytes
+})

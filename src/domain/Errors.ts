@@ -37,6 +37,17 @@ const resourceMessages = {
   model_too_large: "The model would need more memory than the configured ceiling."
 } as const
 
+const hubMessages = {
+  malformed_reference: "The repository, file or revision is not a valid hub reference.",
+  hub_unreachable: "The hub could not be reached.",
+  hub_error: "The hub answered with an error or an answer it does not document.",
+  auth_required: "The hub requires authorization for this repository (a token with access, in HF_TOKEN).",
+  repo_not_found: "The hub has no such repository, revision or file.",
+  not_lfs: "The file is not stored with a SHA-256 (not an LFS file) at that revision.",
+  hub_disagrees: "The hub's answers about the file disagree (commit, SHA-256 or size); nothing was pinned.",
+  redirect_off_hub: "The hub redirected off its own origin where it may not."
+} as const
+
 const circuitMessages = {
   circuit_open: "The runtime failed too often; starts are refused until the circuit cools down."
 } as const
@@ -74,6 +85,7 @@ export class LifecycleError extends ReasonError("LifecycleError", lifecycleMessa
 export class AdmissionError extends ReasonError("AdmissionError", admissionMessages) {}
 export class ResourceError extends ReasonError("ResourceError", resourceMessages) {}
 export class CircuitOpenError extends ReasonError("CircuitOpenError", circuitMessages) {}
+export class HubError extends ReasonError("HubError", hubMessages) {}
 
 export type IntegrityReason = IntegrityError["reason"]
 export type LifecycleReason = LifecycleError["reason"]

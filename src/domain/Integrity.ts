@@ -40,10 +40,18 @@ interface AllowedPrefix {
   readonly hostname: string
   readonly port: string
   readonly path: string
+  /** `https://*.<domain>/…`: any host strictly below `<domain>`, never `<domain>` itself. */
+  readonly subdomains: boolean
 }
 
+const WILDCARD = /^https:\/\/\*\./i
+const IP_HOST = /^(\d+\.){3}\d+$|^\[/
+
 const toAllowedPrefix = (entry: unknown): AllowedPrefix | undefined => {
-  const parsed = parseUrl(entry)
+  // The wildcard form, `https://*.hf.co/`: only a leading `*.`, over a domain name of two labels or
+  // more; the rest of the entry is read as any other (the parser alone would keep `*` in the host).
+  const subdomains = typeof entry === "string" && WILDCARD.test(entry)
+  const parsed = parseUrl(subdomains ? `https://${(entry as string).slice("https://*.".length)}` : entry)
   if (
     parsed === undefined ||
     parsed.protocol !== "https:" ||
@@ -51,13 +59,17 @@ const toAllowedPrefix = (entry: unknown): AllowedPrefix | undefined => {
     parsed.password !== "" ||
     parsed.search !== "" ||
     parsed.hash !== "" ||
+    parsed.hostname.includes("*") ||
     ENCODED_SEPARATOR.test(parsed.pathname)
   ) {
     return undefined
   }
+  if (subdomains && (IP_HOST.test(parsed.hostname) || parsed.hostname.split(".").filter((label) => label !== "").length < 2)) {
+    return undefined
+  }
   // "/org/repo/" and "/org/repo" both mean the directory /org/repo.
   const path = parsed.pathname.endsWith("/") ? parsed.pathname.slice(0, -1) : parsed.pathname
-  return { hostname: parsed.hostname, port: parsed.port, path }
+  return { hostname: parsed.hostname, port: parsed.port, path, subdomains }
 }
 
 /** An entry `checkSource` can match: HTTPS, no credentials, query, fragment or encoded separator. */
@@ -65,14 +77,18 @@ export const isAllowlistEntry = (entry: unknown): boolean => toAllowedPrefix(ent
 
 const admits = (prefix: AllowedPrefix, url: URL): boolean =>
   // The WHATWG parser lower-cases the host and drops a default port, so plain equality compares
-  // hosts case-insensitively and effective ports exactly.
-  prefix.hostname === url.hostname &&
+  // hosts case-insensitively and effective ports exactly. A wildcard matches at a label boundary:
+  // `x.hf.co` ends with `.hf.co`; `evilhf.co` and `hf.co.evil.io` do not.
+  (prefix.subdomains
+    ? url.hostname.endsWith(`.${prefix.hostname}`) && !IP_HOST.test(url.hostname)
+    : prefix.hostname === url.hostname) &&
   prefix.port === url.port &&
   (url.pathname === prefix.path || url.pathname.startsWith(`${prefix.path}/`))
 
 /**
  * Decide whether `url` may be downloaded from. HTTPS only; no credentials; the host and effective
- * port must equal an allowlist entry's and the path must be that entry's path or continue it after
+ * port must equal an allowlist entry's (or, for an entry `https://*.<domain>/…`, the host must be a
+ * subdomain of `<domain>`, at any depth) and the path must be that entry's path or continue it after
  * a `/`. Never string-prefix matching: that admits `allowed.example.com.evil.io` and
  * `allowed.example.com@evil.io`.
  */

@@ -1,5 +1,5 @@
 /**
- * `companion-runtime/domain`: the pure decisions alone (integrity, the GGUF header, the model policy
+ * `companion-runtime/domain`: the pure decisions alone (integrity, pinning from a hub, the GGUF header, the model policy
  * and memory fit, lifecycle, admission, resource policy, the restart circuit, the request gate) and
  * their typed errors. No I/O, no services.
  */
@@ -9,6 +9,7 @@ export {
   AdmissionError,
   type AdmissionReason,
   CircuitOpenError,
+  HubError,
   type DomainError,
   type DomainReason,
   IntegrityError,
@@ -21,6 +22,7 @@ export {
 } from "./Errors.js"
 export * as Gguf from "./Gguf.js"
 export { GgufError, type GgufReason } from "./Gguf.js"
+export * as Hub from "./Hub.js"
 export * as Integrity from "./Integrity.js"
 export * as Lifecycle from "./Lifecycle.js"
 export * as MemoryFit from "./MemoryFit.js"

@@ -19,7 +19,8 @@
 import { FileSystem, HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient, NodeStream } from "@effect/platform-node"
 import * as Undici from "@effect/platform-node/Undici"
-import { Clock, ConfigError, Duration, Effect, Either, Layer, Stream } from "effect"
+import { Clock, ConfigError, Duration, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
+import * as Hub from "../domain/Hub.js"
 import { type CompanionConfig, readConfig } from "../config/Config.js"
 import { Readable } from "node:stream"
 import { rootCertificates } from "node:tls"
@@ -40,6 +41,16 @@ export interface DownloaderOptions {
   readonly rateWindow?: Duration.DurationInput
   /** Default 5. */
   readonly maxRedirects?: number
+  /**
+   * Entries admitted only as redirect targets, never as a first URL: a hub's storage hosts, which
+   * serve files only through the hub's signed redirects.
+   */
+  readonly redirectSources?: ReadonlyArray<string>
+  /**
+   * `Authorization: Bearer` for one origin only (a hub, for gated repositories): sent to URLs of
+   * exactly that origin, never to a host a redirect leads to.
+   */
+  readonly bearer?: { readonly origin: string; readonly token: Redacted.Redacted<string> }
   /** PEM certificates trusted in addition to Node's bundled roots (a mirror's CA, a test CA). */
   readonly extraCaCertificates?: ReadonlyArray<string>
 }
@@ -176,32 +187,39 @@ export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptio
   const maxRedirects = options.maxRedirects ?? 5
   const scoped = HttpClient.withScope(client)
 
-  const request = (url: URL, offset: number) =>
+  const redirectTargets = [...options.allowedSources, ...(options.redirectSources ?? [])]
+  const bearer = options.bearer
+  const request = (url: URL, offset: number, length: number | undefined) =>
     HttpClientRequest.get(url).pipe(
       HttpClientRequest.setHeader("accept-encoding", "identity"),
-      offset > 0 ? HttpClientRequest.setHeader("range", `bytes=${offset}-`) : (r) => r
+      length !== undefined
+        ? HttpClientRequest.setHeader("range", `bytes=${offset}-${offset + length - 1}`)
+        : offset > 0
+        ? HttpClientRequest.setHeader("range", `bytes=${offset}-`)
+        : (r) => r,
+      bearer !== undefined && url.origin === bearer.origin ? HttpClientRequest.bearerToken(Redacted.value(bearer.token)) : (r) => r
     )
 
-  const send = (url: URL, offset: number) =>
-    scoped.execute(request(url, offset)).pipe(
+  const send = (url: URL, offset: number, length: number | undefined) =>
+    scoped.execute(request(url, offset, length)).pipe(
       Effect.catchAll((error) =>
         error._tag === "RequestError" && isConnectTimeout(error.cause) ? fail("connect_timeout") : fail("connection_failed")
       ),
       Effect.timeoutFail({ duration: stall, onTimeout: () => new DownloadError({ reason: "stall_timeout" }) })
     )
 
-  const open = ({ offset, url }: DownloadRequest) =>
+  const open = ({ length, offset, url }: DownloadRequest) =>
     Effect.gen(function*() {
       let current = url
       for (let hop = 0;; hop++) {
-        const response = yield* send(current, offset)
+        const response = yield* send(current, offset, length)
         if (isRedirect(response.status)) {
           if (hop >= maxRedirects) return yield* fail("too_many_redirects")
           const location = response.headers["location"]
           if (location === undefined) return yield* fail("redirect_not_allowed")
           const next = Either.try(() => new URL(location, current))
           if (Either.isLeft(next)) return yield* fail("redirect_not_allowed")
-          const checked = checkSource(next.right.href, options.allowedSources)
+          const checked = checkSource(next.right.href, redirectTargets)
           if (Either.isLeft(checked)) return yield* fail("redirect_not_allowed")
           current = checked.right
           continue
@@ -213,9 +231,12 @@ export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptio
         let startsAt: number
         if (response.status === 200) {
           startsAt = 0
-        } else if (response.status === 206 && offset > 0) {
+        } else if (response.status === 206 && (offset > 0 || length !== undefined)) {
           if (parseContentRangeStart(response.headers["content-range"]) !== offset) return yield* fail("range_mismatch")
           startsAt = offset
+        } else if ((response.status === 401 || response.status === 403) && current.origin !== url.origin) {
+          // Refused by a host the source sent us to: its signed link expired, most likely.
+          return yield* fail("link_expired")
         } else {
           return yield* statusError(response, yield* Clock.currentTimeMillis)
         }
@@ -248,6 +269,19 @@ export const make = (options: DownloaderOptions) =>
 
 export const layer = (options: DownloaderOptions): Layer.Layer<Downloader> => Layer.scoped(Downloader, make(options))
 
+/**
+ * For a model whose source is a resolve URL on `hub.url`: the hub's storage hosts as redirect
+ * targets, and the hub's token for the hub's origin. Any other source gets neither.
+ */
+export const hubOptions = (config: CompanionConfig): Pick<DownloaderOptions, "redirectSources" | "bearer"> => {
+  const hub = Hub.parseHub(config.hub.url)
+  if (Either.isLeft(hub) || Option.isNone(Hub.parseResolveUrl(config.model.source, hub.right))) return {}
+  return {
+    redirectSources: config.hub.storageHosts,
+    ...(Option.isSome(config.hub.token) ? { bearer: { origin: hub.right.origin, token: config.hub.token.value } } : {})
+  }
+}
+
 /** Read PEM files named in config (`download.caFiles`); an unreadable one is a config error. */
 export const readCaFiles = (files: ReadonlyArray<string>) =>
   Effect.flatMap(FileSystem.FileSystem, (fs) =>
@@ -263,6 +297,7 @@ export const layerFrom = (config: CompanionConfig): Layer.Layer<Downloader, Conf
     Effect.gen(function*() {
       return yield* make({
         allowedSources: config.allowedSources,
+        ...hubOptions(config),
         connectTimeout: config.download.connectTimeout,
         stallTimeout: config.download.stallTimeout,
         minRate: config.download.minRate,

@@ -6,6 +6,11 @@ export interface DownloadRequest {
   readonly url: URL
   /** Resume from this byte; 0 for the whole file. */
   readonly offset: number
+  /**
+   * Ask for at most this many bytes from `offset` (`Range: bytes=offset-(offset+length-1)`), as a
+   * header read does. A source may still send more (a 200 with the whole file): read what you need.
+   */
+  readonly length?: number
 }
 
 export interface DownloadBody {

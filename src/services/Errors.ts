@@ -16,6 +16,7 @@ const downloadMessages = {
   rate_limited: "The download source asked to slow down.",
   request_timeout: "The download source timed the request out.",
   client_error: "The download source refused the request.",
+  link_expired: "A storage host the source redirected to refused the request; the source is asked again.",
   redirect_not_allowed: "The download source redirected to a location that is not allowed.",
   too_many_redirects: "The download source redirected too many times.",
   content_encoding_not_allowed: "The download source sent an encoded body; only identity is accepted.",
@@ -31,7 +32,9 @@ export const transientDownloadReasons: ReadonlySet<DownloadError["reason"]> = ne
   "server_error",
   "rate_limited",
   "request_timeout",
-  "range_mismatch"
+  "range_mismatch",
+  // A signed storage URL that expired: the next attempt starts again from the source, which signs a new one.
+  "link_expired"
 ])
 
 export class DownloadError extends Schema.TaggedError<DownloadError>("companion-runtime/DownloadError")(

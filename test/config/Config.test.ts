@@ -37,6 +37,7 @@ const full = {
   runtime: { kind: "ollama", binary: "/opt/ollama/bin/ollama", contextSize: 8192, threads: 6, envAllowlist: ["PATH", "HOME"], addressTimeout: "90 seconds" },
   policy: { architectures: ["llama", "qwen3"], maxChatTemplateBytes: 4096, chatTemplateSha256s: ["cd".repeat(32)], chatTemplateFile: "/etc/companion/template.jinja" },
   gguf: { maxTensors: 1000, maxKeys: 500, maxStringBytes: 65536, maxArrayLength: 300000, maxArrayDepth: 1, maxHeaderBytes: 33554432 },
+  hub: { url: "https://hub.example.com", storageHosts: ["https://*.storage.example.com/", "https://cdn.example.net/"], token: "hf_example_token" },
   gateway: { port: 8089, allowedOrigins: ["http://localhost:3000"], token: "a-long-random-token", maxBodyBytes: 1_048_576, retryAfterSeconds: 3,
     unknownFields: "strip",
     maxTokens: 512,
@@ -122,6 +123,11 @@ describe("one configuration", () => {
       // Passed to llama-server's --n-predict, an int32: one more would wrap.
       assert.deepStrictEqual(verdict(yield* both({ gateway: { maxTokens: 2 ** 31 - 1 } })), [true, true])
       assert.deepStrictEqual(verdict(yield* both({ gateway: { maxTokens: 2 ** 31 } })), [false, false])
+      // The hub: an https origin only; storage hosts are allowlist entries (a wildcard over two labels or more).
+      assert.deepStrictEqual(verdict(yield* both({ hub: { url: "http://hub.example.com" } })), [false, false])
+      assert.deepStrictEqual(verdict(yield* both({ hub: { url: "https://hub.example.com/path" } })), [false, false])
+      assert.deepStrictEqual(verdict(yield* both({ hub: { storageHosts: ["https://*.co/"] } })), [false, false])
+      assert.deepStrictEqual(verdict(yield* both({ hub: { storageHosts: ["https://*.hf.co/"] } })), [true, true])
       assert.deepStrictEqual(verdict(yield* both({ admission: { maxInFlight: 0 } })), [false, false])
     }))
 

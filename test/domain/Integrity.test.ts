@@ -214,6 +214,38 @@ describe("Integrity.checkSource", () => {
     assert.strictEqual(accepted.username + accepted.password, "")
   }, { fastCheck: { numRuns: 2000 } })
 
+  it("a wildcard entry admits the domain's subdomains at any depth, never the domain or a look-alike", () => {
+    const hub = ["https://*.hf.co/"]
+    accept("https://cdn-lfs-us-1.hf.co/repos/ab/cd/file", hub)
+    accept("https://cas-bridge.xethub.hf.co/xet-bridge-us/x", hub)
+    accept("https://CDN-LFS.HF.CO/x", hub)
+    for (const url of ["https://hf.co/x", "https://hf.co.evil.io/x", "https://evilhf.co/x", "https://x.hf.co.evil.io/x", "http://cdn-lfs.hf.co/x", "https://cdn-lfs.hf.co:8443/x", "https://a.hf.co@evil.io/x"]) {
+      assert.isTrue(Either.isLeft(Integrity.checkSource(url, hub)), url)
+    }
+    // The path still bounds it.
+    accept("https://a.example.com/models/m.gguf", ["https://*.example.com/models"])
+    reject("https://a.example.com/other/m.gguf", "source_not_allowed", ["https://*.example.com/models"])
+    // Only a leading `*.` over two labels or more, https only, no IP addresses.
+    for (const entry of ["https://*.co/", "https://*/", "https://a.*.hf.co/", "https://*hf.co/", "https://**.hf.co/", "http://*.hf.co/", "https://*.127.0.0.1/", "https://*.[::1]/", "https://*.hf.co/?q", "https://*.*.hf.co/"]) {
+      assert.isFalse(Integrity.isAllowlistEntry(entry), entry)
+    }
+    assert.isTrue(Integrity.isAllowlistEntry("https://*.hf.co/"))
+  })
+
+  const label = fc.constantFrom("cdn-lfs", "cas-bridge", "xethub", "hf", "co", "evil", "io", "hfco", "x", "HF", "")
+  const hostArb = fc.array(label, { minLength: 1, maxLength: 4 }).map((labels) => labels.join("."))
+  it.prop("a wildcard admits exactly the hosts that end in `.` + its domain", [hostArb, fc.constantFrom("", ":443", ":8443")], ([host, port]) => {
+    const url = `https://${host}${port}/repos/file`
+    let parsed: URL
+    try {
+      parsed = new URL(url)
+    } catch {
+      return
+    }
+    const result = Integrity.checkSource(url, ["https://*.hf.co/"])
+    assert.strictEqual(Either.isRight(result), parsed.hostname.endsWith(".hf.co") && parsed.port === "", url)
+  }, { fastCheck: { numRuns: 2000 } })
+
   it.prop("a URL on a host that no entry names is always rejected", [fc.webUrl({ validSchemes: ["https"], withQueryParameters: true })], ([url]) => {
     const result = Integrity.checkSource(url, ["https://models.example.invalid/org/repo"])
     assert.isTrue(Either.isLeft(result))

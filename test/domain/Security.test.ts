@@ -118,7 +118,7 @@ describe("no ambient authority", () => {
     assert.deepStrictEqual(Object.keys(Api).sort(), [
       "Admission", "AdmissionError", "Circuit", "CircuitOpenError", "CompanionConfig", "DownloadError", "Downloader",
       "DownloaderLive", "DownloaderTest", "Gateway", "GatewayError", "Gguf", "GgufError", "HealthError", "HealthProbe", "HealthProbeLive",
-      "HealthProbeTest", "Integrity", "IntegrityError", "Lifecycle", "LifecycleError", "LiveLayers", "MemoryFileSystem", "MemoryFit",
+      "HealthProbeTest", "Hub", "HubClient", "HubClientLive", "HubError", "Integrity", "IntegrityError", "Lifecycle", "LifecycleError", "LiveLayers", "MemoryFileSystem", "MemoryFit",
       "ModelFixtures", "ModelPolicy", "ModelStore", "ModelStoreError", "ModelStoreLive", "ModelStoreTest", "PolicyError", "QueueTimeoutError", "RequestGate",
       "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError", "ResourceStatLive", "ResourceStatTest",
       "RuntimeExitedError", "RuntimeManager", "RuntimeManagerLive", "SpawnError", "Spawner", "SpawnerLive", "SpawnerTest",
@@ -137,6 +137,10 @@ describe("no ambient authority", () => {
     assert.deepStrictEqual(exported(Api.Gguf), ["GgufError", "TENSOR_TYPES", "defaultCaps", "read", "summarize"])
     assert.deepStrictEqual(exported(Api.MemoryFit), ["CELL_ROUND", "OVERHEAD_BYTES", "UBATCH", "cellsFor", "estimate", "fits"])
     assert.deepStrictEqual(exported(Api.ModelPolicy), ["DEFAULT_ARCHITECTURES", "PolicyError", "check", "preflight"])
+    assert.deepStrictEqual(exported(Api.Hub), [
+      "DEFAULT_HUB", "DEFAULT_STORAGE_HOSTS", "applyPin", "commitOf", "crossCheck", "headFacts", "isCommit", "isRepoFile", "isRepoId", "isRevision",
+      "lfsOf", "normalizeEtag", "parseHub", "parseResolveUrl", "pathsInfoUrl", "resolvePrefix", "resolveUrl", "revisionUrl"
+    ])
   })
 
   // Under mutation testing the sources on disk are Stryker's instrumented copies, not ours.
@@ -157,7 +161,7 @@ describe("no ambient authority", () => {
       Api.IntegrityError, Api.LifecycleError, Api.AdmissionError, Api.ResourceError,
       Api.DownloadError, Api.ModelStoreError, Api.SpawnError, Api.HealthError, Api.ResourceStatError,
       Api.StartError, Api.RuntimeExitedError, Api.QueueTimeoutError, Api.CircuitOpenError, Api.GatewayError, Api.StoreFileError,
-      Api.GgufError, Api.PolicyError
+      Api.GgufError, Api.PolicyError, Api.HubError
     ]
     const seen = new Map<string, string>()
     for (const cls of classes) {

@@ -1,0 +1,67 @@
+/** Pinning from a hub, the pure decisions (src/domain/Hub.ts): each HubError reason they return. */
+import { assert, describe, it } from "@effect/vitest"
+import { Either } from "effect"
+import * as Hub from "../../src/domain/Hub.js"
+
+const SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+const COMMIT = "3c8d0f1e2a4b5c6d7e8f90a1b2c3d4e5f6a7b8c9"
+const reason = <A>(result: Either.Either<A, { readonly reason: string }>) => (Either.isLeft(result) ? result.left.reason : "accepted")
+
+describe("Hub", () => {
+  it("references, URLs, the ETag, and the config patch that keeps every other key", () => {
+    const origin = new URL("https://huggingface.co")
+    assert.isTrue(Hub.isRepoId("unsloth/Qwen3.5-0.8B-GGUF"))
+    for (const bad of ["../x", "a/b/c", "a//b", "", "a/..", "-a/b", "a--b/c"]) assert.isFalse(Hub.isRepoId(bad), bad)
+    for (const bad of ["", "/x", "a/../b", "a\\b", "a%2fb", "x?y", "x#y", "a//b"]) assert.isFalse(Hub.isRepoFile(bad), bad)
+    assert.strictEqual(Hub.resolveUrl(origin, "o/r", "refs/pr/1", "dir/a b.gguf").href, "https://huggingface.co/o/r/resolve/refs%2Fpr%2F1/dir/a%20b.gguf")
+    assert.strictEqual(Hub.normalizeEtag(`W/"${SHA}"`), SHA)
+    assert.strictEqual(Hub.normalizeEtag(`"${SHA}"`), SHA)
+    const ref = Hub.parseResolveUrl(new URL(`https://huggingface.co/o/r/resolve/${COMMIT}/d/f.gguf`), origin)
+    assert.deepStrictEqual(ref._tag === "Some" ? ref.value : undefined, { repo: "o/r", revision: COMMIT, file: "d/f.gguf" })
+    assert.strictEqual(Hub.parseResolveUrl(new URL(`https://evil.example/o/r/resolve/${COMMIT}/f.gguf`), origin)._tag, "None")
+    const pin = { repo: "o/r", commit: COMMIT, file: "f.gguf", sha256: SHA, sizeBytes: 10 }
+    const patched = Hub.applyPin({ storeDir: "/s", allowedSources: ["https://mirror.example/m/", `https://huggingface.co/o/r/resolve/${"0".repeat(40)}/`] }, pin, origin, "f")
+    assert.deepStrictEqual(patched, {
+      storeDir: "/s",
+      model: { source: `https://huggingface.co/o/r/resolve/${COMMIT}/f.gguf`, sha256: SHA, sizeBytes: 10, name: "f" },
+      allowedSources: ["https://mirror.example/m/", `https://huggingface.co/o/r/resolve/${COMMIT}/`]
+    })
+    for (const bad of ["http://huggingface.co", "https://huggingface.co/api", "https://u:p@huggingface.co", "not a url"]) {
+      assert.strictEqual(Hub.parseHub(bad)._tag, "Left", bad)
+    }
+  })
+
+  it("commitOf: a 40-hex sha, else hub_error", () => {
+    assert.strictEqual(Either.getOrThrow(Hub.commitOf({ sha: COMMIT })), COMMIT)
+    for (const bad of [null, [], {}, { sha: "main" }, { sha: COMMIT.toUpperCase() }, { sha: 7 }]) assert.strictEqual(reason(Hub.commitOf(bad)), "hub_error")
+  })
+
+  it("lfsOf reads paths-info, tree and siblings shapes; refuses what they do not say", () => {
+    const lfs = { sha256: SHA, sizeBytes: 10 }
+    assert.deepStrictEqual(Either.getOrThrow(Hub.lfsOf([{ type: "file", path: "f", size: 10, lfs: { oid: SHA, size: 10 } }], "f")), lfs)
+    assert.deepStrictEqual(Either.getOrThrow(Hub.lfsOf({ siblings: [{ rfilename: "f", lfs: { sha256: SHA, size: 10 } }] }, "f")), lfs)
+    assert.strictEqual(reason(Hub.lfsOf("nope", "f")), "hub_error")
+    assert.strictEqual(reason(Hub.lfsOf([], "f")), "repo_not_found")
+    assert.strictEqual(reason(Hub.lfsOf([{ type: "directory", path: "f" }], "f")), "repo_not_found")
+    assert.strictEqual(reason(Hub.lfsOf([{ type: "file", path: "f", size: 10 }], "f")), "not_lfs")
+    assert.strictEqual(reason(Hub.lfsOf([{ type: "file", path: "f", lfs: { oid: "a".repeat(40), size: 10 } }], "f")), "not_lfs")
+    assert.strictEqual(reason(Hub.lfsOf([{ type: "file", path: "f", lfs: { oid: SHA, size: 0 } }], "f")), "not_lfs")
+    assert.strictEqual(reason(Hub.lfsOf([{ type: "file", path: "f", size: 11, lfs: { oid: SHA, size: 10 } }], "f")), "hub_disagrees")
+  })
+
+  it("crossCheck: a pin only when commit, ETag and size agree", () => {
+    const lfs = { sha256: SHA, sizeBytes: 10 }
+    const head = { repoCommit: COMMIT, linkedEtag: `W/"${SHA}"`, linkedSize: "10" }
+    const ref = { repo: "o/r", file: "f" }
+    assert.deepStrictEqual(Either.getOrThrow(Hub.crossCheck(ref, COMMIT, lfs, head)), { repo: "o/r", commit: COMMIT, file: "f", sha256: SHA, sizeBytes: 10 })
+    assert.strictEqual(reason(Hub.crossCheck(ref, COMMIT, lfs, { ...head, linkedEtag: undefined })), "not_lfs")
+    assert.strictEqual(reason(Hub.crossCheck(ref, COMMIT, lfs, { ...head, linkedSize: undefined })), "not_lfs")
+    assert.strictEqual(reason(Hub.crossCheck(ref, COMMIT, lfs, { ...head, repoCommit: "f".repeat(40) })), "hub_disagrees")
+    assert.strictEqual(reason(Hub.crossCheck(ref, COMMIT, lfs, { ...head, repoCommit: undefined })), "hub_disagrees")
+    assert.strictEqual(reason(Hub.crossCheck(ref, COMMIT, lfs, { ...head, linkedEtag: `"${"0".repeat(64)}"` })), "hub_disagrees")
+    for (const size of ["11", "1e1", "-10", "", "0x0a"]) assert.strictEqual(reason(Hub.crossCheck(ref, COMMIT, lfs, { ...head, linkedSize: size })), "hub_disagrees", size)
+    // As huggingface_hub: the ETag when there is no X-Linked-Etag; Content-Length only when not a redirect.
+    assert.deepStrictEqual(Hub.headFacts({ etag: `"${SHA}"`, "content-length": "10" }, false), { repoCommit: undefined, linkedEtag: `"${SHA}"`, linkedSize: "10" })
+    assert.strictEqual(Hub.headFacts({ "content-length": "0" }, true).linkedSize, undefined)
+  })
+})
