@@ -12,8 +12,8 @@
  *    `allowedSources` (and `hub.url` when `--hub` names another hub), every other key kept. The new
  *    file is decoded by the same schema as `serve` reads before it replaces the old one, atomically.
  *
- * Nothing is written unless every step passed. The token (`HF_TOKEN`, or `hub.token`) goes to the
- * hub's origin only, and into no output.
+ * Nothing is written unless every step passed. The token (`hub.token` for the hub the config names,
+ * or `HF_TOKEN` for the default hub only) goes to the hub's origin only, and into no output.
  */
 import { randomBytes } from "node:crypto"
 import { readFile, rename, rm, writeFile } from "node:fs/promises"
@@ -105,8 +105,12 @@ export const pinModel = (options: PinOptions) =>
     const base = yield* decodeHubSections(existing)
     // As huggingface_hub: HF_TOKEN, else HUGGING_FACE_HUB_TOKEN; a bad value reads as none.
     const envToken = yield* Effect.orElseSucceed(Config.option(Config.orElse(Config.redacted("HF_TOKEN"), () => Config.redacted("HUGGING_FACE_HUB_TOKEN"))), () => Option.none())
-    // The config's own token first, as `load` reads it for pull and serve.
-    const token: Redacted.Redacted<string> | undefined = Option.getOrUndefined(Option.orElse(base.hub.token, () => envToken))
+    // The config's own token, for the hub that config names only; else the environment's, for the
+    // default hub only: a `--hub` or a shared config naming another host gets no one's token.
+    const fileToken = hub.origin === new URL(base.hub.url).origin ? base.hub.token : Option.none()
+    const token: Redacted.Redacted<string> | undefined = Option.getOrUndefined(
+      Option.orElse(fileToken, () => (Hub.takesEnvironmentToken(hub) ? envToken : Option.none()))
+    )
     const caFiles = yield* DownloaderLive.readCaFiles(base.download.caFiles)
 
     const facts = yield* Effect.gen(function*() {
@@ -123,8 +127,10 @@ export const pinModel = (options: PinOptions) =>
     const source = Hub.resolveUrl(hub, facts.repo, facts.commit, facts.file)
     const name = Option.getOrElse(options.name, () => nameFrom(source))
     const patched = Hub.applyPin(existing, facts, hub, name)
-    if (Option.isSome(options.hub) && hub.origin !== new URL(Hub.DEFAULT_HUB).origin) {
-      patched["hub"] = { ...(existing["hub"] as Record<string, unknown> | undefined), url: hub.origin }
+    // The hub pinned from is the config's hub, so its storage hosts and token apply to the source.
+    if (hub.origin !== new URL(base.hub.url).origin) {
+      const { token: _other, ...rest } = (existing["hub"] ?? {}) as Record<string, unknown>
+      patched["hub"] = { ...rest, url: hub.origin }
     }
     // What `serve` would read: the same schema, so a pin never writes a config that fails to load.
     const config: CompanionConfig = yield* decodeFile(patched)

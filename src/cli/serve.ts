@@ -5,7 +5,8 @@
 import { createServer } from "node:http"
 import { FileSystem, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Config, Console, Effect, Layer, Option, Stream } from "effect"
+import { Config, Console, Effect, Either, Layer, Option, Stream } from "effect"
+import * as Hub from "../domain/Hub.js"
 import { type CompanionConfig, ConfigFileError, parseFile } from "../config/Config.js"
 import * as Gateway from "../http/Gateway.js"
 import * as LiveLayers from "../layers/LiveLayers.js"
@@ -16,7 +17,8 @@ const elapsed = (since: number) => `${Math.round(performance.now() - since)} ms`
 
 /**
  * Read and validate the config file: one schema, every problem named by field, never by value.
- * With no `hub.token` in it, the environment's `HF_TOKEN` (else `HUGGING_FACE_HUB_TOKEN`) is the hub's token.
+ * With no `hub.token` in it, the environment's `HF_TOKEN` (else `HUGGING_FACE_HUB_TOKEN`) is the
+ * hub's token, when the hub is the default one only (`Hub.takesEnvironmentToken`).
  */
 export const load = (path: string) =>
   Effect.flatMap(FileSystem.FileSystem, (fs) =>
@@ -26,7 +28,7 @@ export const load = (path: string) =>
         parseFile
       ),
       (config) =>
-        Option.isSome(config.hub.token)
+        Option.isSome(config.hub.token) || !Either.match(Hub.parseHub(config.hub.url), { onLeft: () => false, onRight: Hub.takesEnvironmentToken })
           ? Effect.succeed(config)
           : Effect.map(
             Effect.orElseSucceed(Config.option(Config.orElse(Config.redacted("HF_TOKEN"), () => Config.redacted("HUGGING_FACE_HUB_TOKEN"))), () => Option.none()),

@@ -28,18 +28,25 @@ export const DEFAULT_STORAGE_HOSTS: ReadonlyArray<string> = ["https://*.hf.co/",
 
 const fail = (reason: HubError["reason"]) => Either.left(new HubError({ reason }))
 
+/**
+ * Whether the environment's token (`HF_TOKEN`) may go to `hub`: only to the default hub's origin. A
+ * config or `--hub` naming another host must not receive the user's hub token; a token for it goes
+ * in that config's `hub.token`.
+ */
+export const takesEnvironmentToken = (hub: URL): boolean => hub.origin === new URL(DEFAULT_HUB).origin
+
 /** `name` or `namespace/name`: letters, digits, `.`, `_`, `-`; no `..`, no `--` (as the hub names them). */
 const REPO = /^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}\/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/
 export const isRepoId = (repo: string): boolean => REPO.test(repo) && !repo.includes("..") && !repo.includes("--")
 
-/** A path inside a repository: `/`-separated segments, none empty, `.` or `..`; no control, `\`, `%`, `?`, `#`. */
+/** A path inside a repository: `/`-separated segments, none empty, `.` or `..`; no control (C0, C1) or bidi override, `\`, `%`, `?`, `#` (it is printed). */
 export const isRepoFile = (file: string): boolean =>
-  file.length > 0 && file.length <= 1024 && !/[\u0000-\u001f\u007f\\%?#]/.test(file) &&
+  file.length > 0 && file.length <= 1024 && !/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\\%?#]/.test(file) &&
   file.split("/").every((segment) => segment !== "" && segment !== "." && segment !== "..")
 
 /** A revision as a branch, tag or commit: no control characters, no `..`, bounded. */
 export const isRevision = (revision: string): boolean =>
-  revision.length > 0 && revision.length <= 256 && !/[\u0000-\u001f\u007f\\]/.test(revision) && !revision.includes("..")
+  revision.length > 0 && revision.length <= 256 && !/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\\]/.test(revision) && !revision.includes("..")
 
 export const isCommit = (revision: string): boolean => /^[0-9a-f]{40}$/.test(revision)
 

@@ -45,12 +45,15 @@ interface AllowedPrefix {
 }
 
 const WILDCARD = /^https:\/\/\*\./i
+/** What may follow `https://*.`: a plain domain name of two labels or more (no empty label, `@`, `%` or port tricks), then `/…` or the end. */
+const WILDCARD_ENTRY = /^https:\/\/\*\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+(?::\d{1,5})?(?:\/[^?#]*)?$/i
 const IP_HOST = /^(\d+\.){3}\d+$|^\[/
 
 const toAllowedPrefix = (entry: unknown): AllowedPrefix | undefined => {
   // The wildcard form, `https://*.hf.co/`: only a leading `*.`, over a domain name of two labels or
   // more; the rest of the entry is read as any other (the parser alone would keep `*` in the host).
   const subdomains = typeof entry === "string" && WILDCARD.test(entry)
+  if (subdomains && !WILDCARD_ENTRY.test(entry as string)) return undefined
   const parsed = parseUrl(subdomains ? `https://${(entry as string).slice("https://*.".length)}` : entry)
   if (
     parsed === undefined ||

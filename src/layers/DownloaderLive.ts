@@ -234,8 +234,11 @@ export const makeWith = (client: HttpClient.HttpClient, options: DownloaderOptio
         } else if (response.status === 206 && (offset > 0 || length !== undefined)) {
           if (parseContentRangeStart(response.headers["content-range"]) !== offset) return yield* fail("range_mismatch")
           startsAt = offset
-        } else if ((response.status === 401 || response.status === 403) && current.origin !== url.origin) {
-          // Refused by a host the source sent us to: its signed link expired, most likely.
+        } else if (
+          (response.status === 401 || response.status === 403) && current.origin !== url.origin &&
+          Either.isRight(checkSource(current.href, options.redirectSources ?? []))
+        ) {
+          // Refused by a hub's storage host the source sent us to: its signed link expired, most likely.
           return yield* fail("link_expired")
         } else {
           return yield* statusError(response, yield* Clock.currentTimeMillis)

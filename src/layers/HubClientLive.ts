@@ -14,7 +14,7 @@
  */
 import { HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { Duration, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
 import { HubError } from "../domain/Errors.js"
 import * as Hub from "../domain/Hub.js"
 import { HubClient } from "../services/HubClient.js"
@@ -32,7 +32,7 @@ export interface HubClientOptions {
 const fail = (reason: HubError["reason"]) => Effect.fail(new HubError({ reason }))
 
 const MAX_HOPS = 5
-/** An API answer larger than this is not one the hub documents. */
+/** An API answer larger than this is not one the hub documents (`hub_error`), counted as it arrives. */
 const MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 export const makeWith = (client: HttpClient.HttpClient, hub: URL, options: HubClientOptions) => {
@@ -66,10 +66,18 @@ export const makeWith = (client: HttpClient.HttpClient, hub: URL, options: HubCl
   const json = (response: HttpClientResponse.HttpClientResponse) =>
     Effect.gen(function*() {
       if (response.status !== 200) return yield* statusError(response.status)
-      const declared = Number(response.headers["content-length"] ?? "0")
-      if (declared > MAX_ANSWER_BYTES) return yield* fail("hub_error")
-      const text = yield* response.text.pipe(Effect.mapError(() => new HubError({ reason: "hub_unreachable" })))
-      if (text.length > MAX_ANSWER_BYTES) return yield* fail("hub_error")
+      const declared = response.headers["content-length"]
+      if (declared !== undefined && (!/^\d{1,16}$/.test(declared) || Number(declared) > MAX_ANSWER_BYTES)) return yield* fail("hub_error")
+      // Counted as it arrives, whatever the headers say: a chunked answer stops at the cap.
+      const read = yield* response.stream.pipe(
+        Stream.mapError(() => new HubError({ reason: "hub_unreachable" })),
+        Stream.runFoldEffect({ parts: [] as Array<Uint8Array>, bytes: 0 }, (state, chunk) => {
+          if (state.bytes + chunk.length > MAX_ANSWER_BYTES) return fail("hub_error")
+          state.parts.push(chunk)
+          return Effect.succeed({ parts: state.parts, bytes: state.bytes + chunk.length })
+        })
+      )
+      const text = Buffer.concat(read.parts).toString("utf8")
       return yield* Effect.try({ try: () => JSON.parse(text) as unknown, catch: () => new HubError({ reason: "hub_error" }) })
     })
 

@@ -31,6 +31,16 @@ describe("Hub", () => {
     }
   })
 
+  it("the environment's token goes to the default hub only; printed references carry no control or bidi characters", () => {
+    assert.isTrue(Hub.takesEnvironmentToken(new URL("https://huggingface.co")))
+    for (const other of ["https://attacker.example", "https://huggingface.co:8443", "https://hf.co"]) assert.isFalse(Hub.takesEnvironmentToken(new URL(other)), other)
+    for (const bad of ["main\u009b2J", "ma\u202ein", "a\u2066b"]) {
+      assert.isFalse(Hub.isRevision(bad), JSON.stringify(bad))
+      assert.isFalse(Hub.isRepoFile(`${bad}.gguf`), JSON.stringify(bad))
+    }
+    assert.strictEqual(Hub.parseResolveUrl(new URL(`https://huggingface.co/o/r/resolve/%C2%9B2J/f.gguf`), new URL("https://huggingface.co"))._tag, "None")
+  })
+
   it("commitOf: a 40-hex sha, else hub_error", () => {
     assert.strictEqual(Either.getOrThrow(Hub.commitOf({ sha: COMMIT })), COMMIT)
     for (const bad of [null, [], {}, { sha: "main" }, { sha: COMMIT.toUpperCase() }, { sha: 7 }]) assert.strictEqual(reason(Hub.commitOf(bad)), "hub_error")

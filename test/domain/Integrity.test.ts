@@ -226,7 +226,7 @@ describe("Integrity.checkSource", () => {
     accept("https://a.example.com/models/m.gguf", ["https://*.example.com/models"])
     reject("https://a.example.com/other/m.gguf", "source_not_allowed", ["https://*.example.com/models"])
     // Only a leading `*.` over two labels or more, https only, no IP addresses.
-    for (const entry of ["https://*.co/", "https://*/", "https://a.*.hf.co/", "https://*hf.co/", "https://**.hf.co/", "http://*.hf.co/", "https://*.127.0.0.1/", "https://*.[::1]/", "https://*.hf.co/?q", "https://*.*.hf.co/"]) {
+    for (const entry of ["https://*.co/", "https://*/", "https://a.*.hf.co/", "https://*hf.co/", "https://**.hf.co/", "http://*.hf.co/", "https://*.127.0.0.1/", "https://*.[::1]/", "https://*.hf.co/?q", "https://*.*.hf.co/", "https://*.@evil.com/", "https://*..hf.co/", "https://*.a.b%2e/", "https://*.hf..co/", "https://*.-hf.co/"]) {
       assert.isFalse(Integrity.isAllowlistEntry(entry), entry)
     }
     assert.isTrue(Integrity.isAllowlistEntry("https://*.hf.co/"))

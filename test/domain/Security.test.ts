@@ -139,7 +139,7 @@ describe("no ambient authority", () => {
     assert.deepStrictEqual(exported(Api.ModelPolicy), ["DEFAULT_ARCHITECTURES", "PolicyError", "check", "preflight"])
     assert.deepStrictEqual(exported(Api.Hub), [
       "DEFAULT_HUB", "DEFAULT_STORAGE_HOSTS", "applyPin", "commitOf", "crossCheck", "headFacts", "isCommit", "isRepoFile", "isRepoId", "isRevision",
-      "lfsOf", "normalizeEtag", "parseHub", "parseResolveUrl", "pathsInfoUrl", "resolvePrefix", "resolveUrl", "revisionUrl"
+      "lfsOf", "normalizeEtag", "parseHub", "parseResolveUrl", "pathsInfoUrl", "resolvePrefix", "resolveUrl", "revisionUrl", "takesEnvironmentToken"
     ])
   })
 
