@@ -493,7 +493,12 @@ export const keys = (): ReadonlyArray<string> => {
 }
 
 /** The model policy, the runtime's context and slots, and the RAM ceiling: what a pre-flight judges against. */
-export const preflightOptions = (config: Pick<CompanionConfig, "policy" | "runtime" | "admission" | "resources">): ModelPolicy.PreflightOptions => ({
+export const preflightOptions = (config: {
+  readonly policy: CompanionConfig["policy"]
+  readonly runtime: Pick<CompanionConfig["runtime"], "contextSize">
+  readonly admission: Pick<CompanionConfig["admission"], "maxInFlight">
+  readonly resources: Pick<CompanionConfig["resources"], "maxRamBytes">
+}): ModelPolicy.PreflightOptions => ({
   policy: {
     architectures: config.policy.architectures,
     maxChatTemplateBytes: config.policy.maxChatTemplateBytes,

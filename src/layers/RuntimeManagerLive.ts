@@ -28,7 +28,7 @@ import {
   type Stream,
   SubscriptionRef
 } from "effect"
-import { readConfig } from "../config/Config.js"
+import { preflightOptions as preflightOptionsFrom, readConfig } from "../config/Config.js"
 import * as Circuit from "../domain/Circuit.js"
 import { LifecycleError, type Refusal, refusal } from "../domain/Errors.js"
 import * as Gguf from "../domain/Gguf.js"
@@ -200,17 +200,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       Effect.raceFirst(Effect.zipRight(handle.exited, Effect.fail(new StartError({ reason: "exited_while_starting" }))))
     )
 
-  const preflightOptions: ModelPolicy.PreflightOptions = {
-    policy: {
-      architectures: config.policy.architectures,
-      maxChatTemplateBytes: config.policy.maxChatTemplateBytes,
-      chatTemplateSha256s: config.policy.chatTemplateSha256s,
-      templateReplaced: Option.isSome(config.policy.chatTemplateFile)
-    },
-    contextSize: Option.getOrUndefined(config.runtime.contextSize),
-    parallel: config.admission.maxInFlight,
-    maxRamBytes: config.resources.maxRamBytes
-  }
+  const preflightOptions = preflightOptionsFrom(config)
 
   /** The same judgement on a download's first, not yet verified, bytes (advisory: see `Screen`). */
   const screen = (prefix: Uint8Array, fileSize: number): Either.Either<void, ModelPolicy.PreflightError | Gguf.NeedMore> =>
