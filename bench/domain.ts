@@ -29,6 +29,7 @@ const admitted: GateCase = {
     lifecycle: "ready",
     exiting: false,
     unloadedIdle: false,
+    waking: false,
     admission: { maxInFlight: 8, queueBound: 64, inFlight: 3, queued: 0 }
   },
   observation: { ramBytes: 2e9, vramBytes: 0, cpuPercent: 20 }

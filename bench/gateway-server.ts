@@ -27,6 +27,7 @@ import * as DownloaderLive from "../src/layers/DownloaderLive.js"
 import * as HealthProbeLive from "../src/layers/HealthProbeLive.js"
 import * as ModelStoreLive from "../src/layers/ModelStoreLive.js"
 import * as ResourceStatLive from "../src/layers/ResourceStatLive.js"
+import * as ModelPoolLive from "../src/layers/ModelPoolLive.js"
 import * as RuntimeManagerLive from "../src/layers/RuntimeManagerLive.js"
 import * as SpawnerLive from "../src/layers/SpawnerLive.js"
 import * as StoreFileSystemLive from "../src/layers/StoreFileSystemLive.js"
@@ -111,7 +112,8 @@ const program = Effect.gen(function*() {
   )
   const stack = Gateway.layer().pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
-    Layer.provideMerge(RuntimeManagerLive.layer(config)),
+    Layer.provideMerge(ModelPoolLive.fromManager({ name: "model" })),
+    Layer.provideMerge(RuntimeManagerLive.layer(RuntimeManagerLive.configFrom(config))),
     Layer.provide(ModelStoreLive.layer(ModelStoreLive.optionsFrom(config))),
     Layer.provide(Layer.mergeAll(
       StoreFileSystemLive.layer,

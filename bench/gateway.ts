@@ -57,7 +57,7 @@ const firewallBodies: ReadonlyArray<readonly [string, "chat" | "completion", Rec
 
 const firewallCost = async () => {
   const Firewall = await import("../src/http/Firewall.js")
-  const options = { modelName: "model", unknownFields: "refuse" as const, maxTokens: 2048, maxMessages: 256, maxCharacters: 256 * 1024, maxTools: 64 }
+  const options = { models: [{ name: "model", kind: "chat" as const }], unknownFields: "refuse" as const, maxTokens: 2048, maxMessages: 256, maxCharacters: 256 * 1024, maxTools: 64 }
   const ITER = 20_000
   return firewallBodies.map(([label, route, body]) => {
     const text = JSON.stringify(body)

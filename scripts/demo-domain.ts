@@ -39,7 +39,7 @@ let admission = Admission.makeAdmissionState({ maxInFlight: 2, queueBound: 1 })
 const limits = { maxRamBytes: 2 * 1024 ** 3, maxCpuPercent: 90 }
 const gate = (lifecycle: Lifecycle.LifecycleState, ramBytes: number) =>
   Either.flatMap(
-    RequestGate.enter({ now: 0, circuit: Circuit.closed, lifecycle, exiting: false, unloadedIdle: false, admission }),
+    RequestGate.enter({ now: 0, circuit: Circuit.closed, lifecycle, exiting: false, unloadedIdle: false, waking: false, admission }),
     (entry) => {
       if (entry._tag !== "reload") admission = entry.admission
       return entry._tag === "admitted"

@@ -15,10 +15,13 @@ export * from "./services/Downloader.js"
 export * from "./services/Errors.js"
 export * from "./services/HealthProbe.js"
 export * from "./services/HubClient.js"
+export { ModelPool, type ModelPoolService, type PoolModel, type PoolStatus } from "./services/ModelPool.js"
 export { type DownloadProgress, type EnsureError, ModelStore, type ModelStoreService, type VerifiedModel } from "./services/ModelStore.js"
 export * from "./services/ResourceStat.js"
 export {
+  type InsufficientResources,
   type LifecycleChange,
+  type ManagerHooks,
   type ManagerStatus,
   type RunFailure,
   type RuntimeEndpoint,
@@ -39,6 +42,7 @@ export * as HealthProbeTest from "./layers/HealthProbeTest.js"
 export * as HubClientLive from "./layers/HubClientLive.js"
 export * as LiveLayers from "./layers/LiveLayers.js"
 export * as MemoryFileSystem from "./layers/MemoryFileSystem.js"
+export * as ModelPoolLive from "./layers/ModelPoolLive.js"
 export * as ModelStoreLive from "./layers/ModelStoreLive.js"
 export * as ModelStoreTest from "./layers/ModelStoreTest.js"
 export * as ResourceStatLive from "./layers/ResourceStatLive.js"

@@ -34,10 +34,11 @@ const serve = Command.make("serve", { config: configOption }, ({ config }) =>
     Command.withDescription("Ensure the model, start the runtime and serve the loopback gateway until SIGINT/SIGTERM.")
   )
 
-const pull = Command.make("pull", { config: configOption }, ({ config }) =>
-  report(Effect.flatMap(Effect.promise(() => import("./serve.js")), (m) => m.pull(config)))).pipe(
-    Command.withDescription("Download and verify the configured model, and nothing else (no runtime is needed).")
-  )
+const pull = Command.make(
+  "pull",
+  { config: configOption, model: Options.text("model").pipe(Options.optional, Options.withDescription("only this model (by name)")) },
+  ({ config, model }) => report(Effect.flatMap(Effect.promise(() => import("./serve.js")), (m) => m.pull(config, model)))
+).pipe(Command.withDescription("Download and verify the configured models (or one), and nothing else (no runtime is needed)."))
 
 const pin = Command.make(
   "pin",

@@ -20,7 +20,17 @@ import { readFile, rename, rm, writeFile } from "node:fs/promises"
 import { dirname, join } from "node:path"
 import { FileSystem } from "@effect/platform"
 import { Config, Console, Effect, Either, Layer, Option, type Redacted, Stream } from "effect"
-import { type CompanionConfig, ConfigFileError, decodeFile, decodeHubSections, nameFrom, preflightOptions } from "../config/Config.js"
+import {
+  type CompanionConfig,
+  ConfigFileError,
+  decodeFile,
+  decodeHubSections,
+  firstModel,
+  type ModelConfig,
+  modelsOf,
+  nameFrom,
+  preflightOptions
+} from "../config/Config.js"
 import { HubError } from "../domain/Errors.js"
 import * as Gguf from "../domain/Gguf.js"
 import * as Hub from "../domain/Hub.js"
@@ -136,10 +146,15 @@ export const pinModel = (options: PinOptions) =>
     const config: CompanionConfig = yield* decodeFile(patched)
     const withToken: CompanionConfig = token === undefined ? config : { ...config, hub: { ...config.hub, token: Option.some(token) } }
 
-    const header = yield* remoteHeader(config.model.source, config.model.spec.sizeBytes, config.gguf).pipe(
+    const model = modelsOf(config).find((m) => m.name === name) ?? firstModel(config)
+    const header = yield* remoteHeader(model.source, model.spec.sizeBytes, config.gguf).pipe(
       Effect.provide(Layer.provide(DownloaderLive.layerFrom(withToken), Layer.succeed(FileSystem.FileSystem, yield* FileSystem.FileSystem)))
     )
-    const estimate = yield* ModelPolicy.preflight(header, preflightOptions(config))
+    const estimate = yield* ModelPolicy.preflight(header, preflightOptions({
+      ...config,
+      runtime: { contextSize: model.contextSize },
+      admission: { maxInFlight: model.parallel }
+    }))
     return { pin: facts, name, patched, estimate }
   })
 
@@ -152,8 +167,8 @@ export const pin = (options: PinOptions) =>
   })
 
 /** What `pull` and `serve` say about a hub source: its repository and commit, nothing else. */
-export const describeSource = (config: CompanionConfig): Option.Option<string> =>
+export const describeSource = (config: CompanionConfig, model: ModelConfig = firstModel(config)): Option.Option<string> =>
   Either.match(Hub.parseHub(config.hub.url), {
     onLeft: () => Option.none(),
-    onRight: (hub) => Option.map(Hub.parseResolveUrl(config.model.source, hub), (ref) => `${ref.repo} at ${ref.revision}`)
+    onRight: (hub) => Option.map(Hub.parseResolveUrl(model.source, hub), (ref) => `${ref.repo} at ${ref.revision}`)
   })

@@ -7,11 +7,12 @@ import { FileSystem, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Config, Console, Effect, Either, Layer, Option, Stream } from "effect"
 import * as Hub from "../domain/Hub.js"
-import { type CompanionConfig, ConfigFileError, parseFile } from "../config/Config.js"
+import { type CompanionConfig, ConfigFileError, type ModelConfig, modelsOf, parseFile } from "../config/Config.js"
 import * as Gateway from "../http/Gateway.js"
 import * as LiveLayers from "../layers/LiveLayers.js"
 import { ModelStore } from "../services/ModelStore.js"
-import { RuntimeManager } from "../services/RuntimeManager.js"
+import { PoolError } from "../services/Errors.js"
+import { ModelPool } from "../services/ModelPool.js"
 
 const elapsed = (since: number) => `${Math.round(performance.now() - since)} ms`
 
@@ -37,40 +38,57 @@ export const load = (path: string) =>
     ))
 
 /** A hub source's repository and commit, said before the work (no other part of the URL). */
-const announce = (config: CompanionConfig) =>
+const announce = (config: CompanionConfig, model: ModelConfig, several: boolean) =>
   Effect.flatMap(Effect.promise(() => import("./pin.js")), (m) =>
-    Option.match(m.describeSource(config), { onNone: () => Effect.void, onSome: (text) => Console.log(`model from ${text}`) }))
+    Option.match(m.describeSource(config, model), {
+      onNone: () => Effect.void,
+      onSome: (text) => Console.log(several ? `model ${model.name} from ${text}` : `model from ${text}`)
+    }))
 
 /** The live stack and the gateway, configured from the file. */
 const serverLayer = (config: CompanionConfig) =>
   Gateway.layer(Gateway.optionsFrom(config)).pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: config.gateway.port, host: "127.0.0.1" })),
-    Layer.provideMerge(LiveLayers.layerFrom(config))
+    Layer.provideMerge(LiveLayers.poolFrom(config))
   )
 
+/**
+ * Every model is downloaded and verified before the gateway answers (a first request must not wait
+ * for a download); the preloaded ones are then started, the rest load on their first request.
+ */
 export const serve = (file: string) =>
   Effect.gen(function*() {
     const config = yield* load(file)
+    const models = modelsOf(config)
+    const several = models.length > 1 || config.models !== undefined
     yield* Effect.gen(function*() {
-      const manager = yield* RuntimeManager
+      const pool = yield* ModelPool
       const store = yield* ModelStore
       const server = yield* HttpServer.HttpServer
-      yield* announce(config)
-      const t0 = performance.now()
-      // Verified here once; the start below finds the same file unchanged and does not read it again.
-      yield* Effect.scoped(store.ensure(config.model.spec, config.model.source))
-      yield* Console.log(`model verified in ${elapsed(t0)}`)
+      for (const model of models) {
+        yield* announce(config, model, several)
+        const t0 = performance.now()
+        // Verified here once; a start finds the same file unchanged and does not read it again.
+        yield* Effect.scoped(store.ensure(model.spec, model.source))
+        yield* Console.log(several ? `model ${model.name} verified in ${elapsed(t0)}` : `model verified in ${elapsed(t0)}`)
+      }
       const t1 = performance.now()
-      yield* manager.start
-      yield* Console.log(`runtime ready in ${elapsed(t1)}`)
+      yield* pool.start
+      const preloaded = models.filter((m) => m.preload).map((m) => m.name)
+      if (!several) yield* Console.log(`runtime ready in ${elapsed(t1)}`)
+      else if (preloaded.length > 0) yield* Console.log(`ready in ${elapsed(t1)}: ${preloaded.join(", ")}`)
+      if (several) {
+        const onDemand = models.filter((m) => !m.preload).map((m) => m.name)
+        if (onDemand.length > 0) yield* Console.log(`loaded on demand: ${onDemand.join(", ")}`)
+      }
       const address = server.address
       yield* Console.log(`gateway listening on http://127.0.0.1:${address._tag === "TcpAddress" ? address.port : 0}`)
       return yield* Effect.never
     }).pipe(
       Effect.onInterrupt(() =>
-        Effect.flatMap(RuntimeManager, (manager) =>
+        Effect.flatMap(ModelPool, (pool) =>
           Console.log("draining").pipe(
-            Effect.zipRight(Effect.ignore(manager.drain("30 seconds"))),
+            Effect.zipRight(pool.drain("30 seconds")),
             Effect.zipRight(Console.log("stopped"))
           ))
       ),
@@ -89,10 +107,20 @@ const bar = (received: number, expected: number, startedAt: number) => {
   return `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${mib(received)}/${mib(expected)} MiB ${mib(rate)} MiB/s ETA ${eta}s`
 }
 
-export const pull = (file: string) =>
+/** Download and verify every model, or the one named; an unknown name is refused before any download. */
+export const pull = (file: string, only: Option.Option<string> = Option.none()) =>
   Effect.gen(function*() {
     const config = yield* load(file)
-    yield* announce(config)
+    const all = modelsOf(config)
+    const models = Option.match(only, { onNone: () => all, onSome: (name) => all.filter((m) => m.name === name) })
+    if (models.length === 0) return yield* Effect.fail(new PoolError({ reason: "model_not_found" }))
+    const several = all.length > 1 || config.models !== undefined
+    for (const model of models) yield* pullOne(config, model, several)
+  })
+
+const pullOne = (config: CompanionConfig, model: ModelConfig, several: boolean) =>
+  Effect.gen(function*() {
+    yield* announce(config, model, several)
     const tty = process.stdout.isTTY === true
     const t0 = performance.now()
     let lastLine = 0
@@ -111,8 +139,8 @@ export const pull = (file: string) =>
         ),
         Effect.forkScoped
       )
-      yield* store.ensure(config.model.spec, config.model.source)
+      yield* store.ensure(model.spec, model.source)
       if (tty) process.stdout.write("\n")
-      yield* Console.log(`model verified in ${elapsed(t0)}`)
+      yield* Console.log(several ? `model ${model.name} verified in ${elapsed(t0)}` : `model verified in ${elapsed(t0)}`)
     }).pipe(Effect.scoped, Effect.provide(LiveLayers.storeFrom(config)))
   })

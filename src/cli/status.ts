@@ -15,5 +15,12 @@ export const status = (url: string) =>
     )
     const body = yield* response.json.pipe(Effect.orElseSucceed(() => ({})))
     yield* Console.log(JSON.stringify(body))
+    // Then one line per model: its state and load.
+    const models = (body as { models?: unknown }).models
+    if (typeof models === "object" && models !== null) {
+      for (const [name, model] of Object.entries(models as Record<string, { state?: unknown; inFlight?: unknown; queued?: unknown }>)) {
+        yield* Console.log(`${name}: ${String(model?.state)}, ${Number(model?.inFlight)} in flight, ${Number(model?.queued)} queued`)
+      }
+    }
     if (response.status !== 200) return yield* Effect.fail({ message: "The runtime is not ready." })
   }).pipe(Effect.scoped, Effect.provide(FetchHttpClient.layer))

@@ -17,6 +17,7 @@ import {
   Duration,
   Effect,
   Either,
+  HashMap,
   HashSet,
   Option,
   ParseResult,
@@ -115,12 +116,19 @@ export const nameFrom = (source: URL): string => {
   return stem === "" || /[0-9a-f]{32,}/i.test(stem) ? "model" : stem
 }
 
+const Sha256Text = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)).annotations({ identifier: "64 lowercase hex digits" })
+const SourceText = Schema.String.pipe(Schema.filter((s) => URL.canParse(s))).annotations({ identifier: "an https URL" })
+
+/** What a model is for: `chat` serves the chat and completion routes, `embedding` the embeddings route. */
+export const ModelKind = Schema.Literal("chat", "embedding")
+export type ModelKind = typeof ModelKind.Type
+
 /** `{ sha256, sizeBytes, source, name? }` in the file; a checked `ModelSpec`, a parsed URL and a name once decoded. */
 const ModelEntry = Schema.transform(
   Schema.Struct({
-    sha256: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)).annotations({ identifier: "64 lowercase hex digits" }),
+    sha256: Sha256Text,
     sizeBytes: Integrity.SizeBytes.annotations({ identifier: "a positive integer" }),
-    source: Schema.String.pipe(Schema.filter((s) => URL.canParse(s))).annotations({ identifier: "an https URL" }),
+    source: SourceText,
     name: Schema.optionalWith(ModelName, { exact: true })
   }),
   Schema.Struct({ spec: Schema.typeSchema(Integrity.ModelSpec), source: Schema.URLFromSelf, name: Schema.String }),
@@ -133,6 +141,25 @@ const ModelEntry = Schema.transform(
     encode: ({ name, source, spec }) => ({ sha256: spec.sha256, sizeBytes: spec.sizeBytes, source: source.href, name })
   }
 )
+
+/**
+ * One model of several (`models.<name>`): what it is and where it comes from, what it serves, and
+ * how it runs. Unset fields take the top-level values (`runtime.contextSize`, `admission.maxInFlight`
+ * for `parallel`, `idleTtl`, `runtime.threads`).
+ */
+const PoolEntry = Schema.Struct({
+  sha256: Sha256Text,
+  sizeBytes: Integrity.SizeBytes.annotations({ identifier: "a positive integer" }),
+  source: Schema.URL.annotations({ identifier: "an https URL" }),
+  kind: withDefault(ModelKind, "chat"),
+  contextSize: off(PositiveInt),
+  /** Slots in this model's runtime, and its most requests in flight. */
+  parallel: off(PositiveInt),
+  /** Started with the pool (`serve`); otherwise on its first request. */
+  preload: withDefault(Schema.Boolean, false),
+  idleTtl: off(PositiveDuration),
+  runtime: section({ threads: off(PositiveInt) })
+})
 
 // ---------------------------------------------------------------------------------------------
 // The schema
@@ -159,7 +186,10 @@ const sourceMessages: Partial<Record<IntegrityReason, string>> = {
 export const CompanionConfigSchema = Schema.Struct({
   /** Where verified models live: `<storeDir>/<sha256>`. */
   storeDir: withDefault(Text, ".companion-runtime/models"),
-  model: ModelEntry,
+  /** The one-model shorthand: set this or `models`, not both. */
+  model: Schema.optionalWith(ModelEntry, { exact: true }),
+  /** Several models by name, served within one budget (`resources`). */
+  models: Schema.optionalWith(Schema.Record({ key: ModelName, value: PoolEntry }), { exact: true }),
   /** URL prefixes a download, and every redirect hop of it, may come from (`https://*.<domain>/` admits its subdomains). */
   allowedSources: withDefault(Schema.Array(AllowlistEntry), []),
   admission: section({
@@ -252,16 +282,27 @@ export const CompanionConfigSchema = Schema.Struct({
     /** Characters of text across a request's messages (or prompt), tools and schemas. */
     maxCharacters: withDefault(PositiveInt, 256 * 1024),
     maxTools: withDefault(PositiveInt, 64),
+    /** Strings in one embeddings request (each counted by `maxCharacters` too). */
+    maxInputs: withDefault(PositiveInt, 256),
     /** From the slot to the last byte of the answer; past it, 504 or a cut-off stream, and the slot is back. */
     generationTimeout: withDefault(PositiveDuration, Duration.minutes(5))
   })
 }).pipe(
-  Schema.filter((config) =>
-    Either.match(Integrity.checkSource(config.model.source, config.allowedSources), {
-      onLeft: (error) => ({ path: ["model", "source"], message: sourceMessages[error.reason] ?? "expected an https URL" }),
-      onRight: () => undefined
-    })
-  )
+  Schema.filter((config) => {
+    const several = config.models === undefined ? 0 : Object.keys(config.models).length
+    if ((config.model === undefined) === (config.models === undefined)) return { path: ["models"], message: "set model or models, not both" }
+    if (config.models !== undefined && several === 0) return { path: ["models"], message: "expected at least one model" }
+    const sources: Array<readonly [ReadonlyArray<string>, URL]> = config.model !== undefined
+      ? [[["model", "source"], config.model.source]]
+      : Object.entries(config.models ?? {}).map(([name, entry]) => [["models", name, "source"], entry.source] as const)
+    const issues = sources.flatMap(([path, source]) =>
+      Either.match(Integrity.checkSource(source, config.allowedSources), {
+        onLeft: (error) => [{ path, message: sourceMessages[error.reason] ?? "expected an https URL" }],
+        onRight: () => []
+      })
+    )
+    return issues.length === 0 ? undefined : issues
+  })
 )
 
 export type CompanionConfig = typeof CompanionConfigSchema.Type
@@ -305,7 +346,9 @@ export const problemsOf = (issue: ParseResult.ParseIssue, path: ReadonlyArray<st
       const named = identifierOf(issue.ast)
       if (named !== undefined) return [{ path, text: `expected ${named}` }]
       // A filter of this module that points at a field (the allowlist check) reports there.
-      if (issue._tag === "Refinement" && issue.kind === "Predicate" && issue.issue._tag === "Pointer") return problemsOf(issue.issue, path)
+      if (issue._tag === "Refinement" && issue.kind === "Predicate" && (issue.issue._tag === "Pointer" || issue.issue._tag === "Composite")) {
+        return problemsOf(issue.issue, path)
+      }
       return issue.kind === "Predicate" || issue.kind === "Transformation"
         ? [{ path, text: `expected ${expectedOf(issue.ast)}` }]
         : problemsOf(issue.issue, path)
@@ -404,8 +447,16 @@ const leafOf = (ast: SchemaAST.AST, name: string): Config.Config<Option.Option<u
         ? Config.option(Config.map(Config.array(Config.string(), name), (items) => (items.length === 1 && EMPTY.has(items[0]!) ? [] : items)))
         : undefined
     }
-    case "TypeLiteral":
-      return Config.nested(structOf(ast), name)
+    case "TypeLiteral": {
+      const entry = ast.indexSignatures[0]?.type
+      if (ast.propertySignatures.length > 0 || entry === undefined) return Config.nested(structOf(ast), name)
+      // A record of structs (`models`): one entry per child of the key; none reads as absent.
+      if (!SchemaAST.isTypeLiteral(entry)) return undefined
+      return Config.map(
+        Config.hashMap(Config.map(structOf(entry), (value) => Option.getOrElse(value, () => ({}))), name),
+        (map) => (HashMap.size(map) === 0 ? Option.none() : Option.some(Object.fromEntries(map)))
+      )
+    }
     default:
       return undefined
   }
@@ -485,10 +536,13 @@ export const readConfig: Effect.Effect<CompanionConfig, ConfigError.ConfigError>
 
 /** Every key of the schema as a dotted path, in declaration order. */
 export const keys = (): ReadonlyArray<string> => {
-  const walk = (ast: SchemaAST.TypeLiteral, prefix: string): Array<string> =>
-    ast.propertySignatures.flatMap((p) =>
+  const walk = (ast: SchemaAST.TypeLiteral, prefix: string): Array<string> => [
+    ...ast.propertySignatures.flatMap((p) =>
       SchemaAST.isTypeLiteral(p.type) ? walk(p.type, `${prefix}${String(p.name)}.`) : [`${prefix}${String(p.name)}`]
-    )
+    ),
+    // A record's entries are named by the user: `models.<name>.sha256`, ...
+    ...ast.indexSignatures.flatMap((i) => (SchemaAST.isTypeLiteral(i.type) ? walk(i.type, `${prefix}<name>.`) : []))
+  ]
   return walk(encodedStruct(), "")
 }
 
@@ -509,3 +563,53 @@ export const preflightOptions = (config: {
   parallel: config.admission.maxInFlight,
   maxRamBytes: config.resources.maxRamBytes
 })
+
+/** One model as the pool runs it: the `model` shorthand and each `models` entry come out as this. */
+export interface ModelConfig {
+  /** What clients call it: the `--alias`, the `model` of every request and answer. */
+  readonly name: string
+  readonly kind: ModelKind
+  readonly spec: Integrity.ModelSpec
+  readonly source: URL
+  readonly contextSize: Option.Option<number>
+  /** Slots in its runtime (`--parallel`), and its most requests in flight. */
+  readonly parallel: number
+  /** Started with the pool; otherwise loaded on its first request. */
+  readonly preload: boolean
+  readonly idleTtl: Option.Option<Duration.Duration>
+  readonly threads: Option.Option<number>
+}
+
+/**
+ * Every configured model, in the file's order: the one `model` (a chat model, preloaded, with the
+ * top-level settings), or each `models` entry with the top-level settings where it sets none.
+ */
+export const modelsOf = (config: CompanionConfig): ReadonlyArray<ModelConfig> => {
+  if (config.model !== undefined) {
+    return [{
+      name: config.model.name,
+      kind: "chat",
+      spec: config.model.spec,
+      source: config.model.source,
+      contextSize: config.runtime.contextSize,
+      parallel: config.admission.maxInFlight,
+      preload: true,
+      idleTtl: config.idleTtl,
+      threads: config.runtime.threads
+    }]
+  }
+  return Object.entries(config.models ?? {}).map(([name, entry]) => ({
+    name,
+    kind: entry.kind,
+    spec: Integrity.ModelSpec.make({ sha256: entry.sha256 as Integrity.Sha256Hex, sizeBytes: entry.sizeBytes }),
+    source: entry.source,
+    contextSize: Option.orElse(entry.contextSize, () => config.runtime.contextSize),
+    parallel: Option.getOrElse(entry.parallel, () => config.admission.maxInFlight),
+    preload: entry.preload,
+    idleTtl: Option.orElse(entry.idleTtl, () => config.idleTtl),
+    threads: Option.orElse(entry.runtime.threads, () => config.runtime.threads)
+  }))
+}
+
+/** The first configured model: the one `model`, or the first of `models`. */
+export const firstModel = (config: CompanionConfig): ModelConfig => modelsOf(config)[0]!

@@ -34,7 +34,8 @@ const resourceMessages = {
   ram_over_limit: "The runtime is over its RAM limit.",
   vram_over_limit: "The runtime is over its VRAM limit.",
   cpu_over_limit: "The runtime is over its CPU limit.",
-  model_too_large: "The model would need more memory than the configured ceiling."
+  model_too_large: "The model would need more memory than the configured ceiling.",
+  insufficient_resources: "The model cannot be loaded now: the models in use leave too little of the memory budget."
 } as const
 
 const hubMessages = {

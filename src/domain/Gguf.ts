@@ -386,6 +386,8 @@ export interface GgufSummary {
   readonly valueLength: number | null
   readonly slidingWindow: number | null
   readonly expertCount: number | null
+  /** `<arch>.pooling_type`: llama.cpp's 0 none, 1 mean, 2 cls, 3 last, 4 rank. */
+  readonly poolingType: number | null
   readonly vocabularySize: number | null
   readonly tensorCount: number
   readonly weightsBytes: number
@@ -437,6 +439,7 @@ export const summarize = (file: GgufFile): Either.Either<GgufSummary, GgufError>
     valueLength: numberOf(key("attention.value_length")),
     slidingWindow: numberOf(key("attention.sliding_window")),
     expertCount: numberOf(key("expert_count")),
+    poolingType: numberOf(key("pooling_type")),
     vocabularySize: tokens?._tag === "array" ? tokens.length : null,
     tensorCount: file.tensors.length,
     weightsBytes: file.tensors.reduce((n, t) => n + t.bytes, 0),

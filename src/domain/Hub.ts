@@ -184,23 +184,29 @@ export const crossCheck = (reference: { readonly repo: string; readonly file: st
 }
 
 /**
- * The config file after a pin: the `model` block (source at the commit, SHA-256, size, name) and
- * the commit's resolve prefix added to `allowedSources`, every other key kept as it was. A previous
- * pin's prefix for the same repository is replaced, not kept beside the new one.
+ * The config file after a pin: the `model` block (source at the commit, SHA-256, size, name), or in
+ * a config of several the `models` entry of that name (its other fields kept), and the commit's
+ * resolve prefix added to `allowedSources`, every other key kept as it was. A previous pin's prefix
+ * for the same repository is replaced, not kept beside the new one, unless another model uses it.
  */
 export const applyPin = (config: Record<string, unknown>, pin: Pin, hub: URL, name: string): Record<string, unknown> => {
   const prefix = resolvePrefix(hub, pin.repo, pin.commit)
   const previous = Array.isArray(config["allowedSources"]) ? (config["allowedSources"] as ReadonlyArray<unknown>) : []
   const stale = new URL(`/${pin.repo}/resolve/`, hub).href
-  const kept = previous.filter((entry) => !(typeof entry === "string" && entry.startsWith(stale) && entry !== prefix))
-  return {
-    ...config,
-    model: {
-      source: resolveUrl(hub, pin.repo, pin.commit, pin.file).href,
-      sha256: pin.sha256,
-      sizeBytes: pin.sizeBytes,
-      name
-    },
-    allowedSources: kept.includes(prefix) ? kept : [...kept, prefix]
-  }
+  const source = resolveUrl(hub, pin.repo, pin.commit, pin.file).href
+  const pinned = { source, sha256: pin.sha256, sizeBytes: pin.sizeBytes }
+  const several = config["models"]
+  // A config of several models gets (or updates) the entry of that name, keeping its other fields.
+  const models = typeof several === "object" && several !== null && !Array.isArray(several)
+    ? { ...(several as Record<string, unknown>), [name]: { ...((several as Record<string, Record<string, unknown>>)[name] ?? {}), ...pinned } }
+    : undefined
+  // Another commit's prefix for this repository goes, unless another model's source still needs it.
+  const sources = models === undefined ? [source] : Object.values(models).map((entry) => String((entry as Record<string, unknown>)?.["source"] ?? ""))
+  const kept = previous.filter((entry) =>
+    !(typeof entry === "string" && entry.startsWith(stale) && entry !== prefix && !sources.some((s) => s.startsWith(entry)))
+  )
+  const allowedSources = kept.includes(prefix) ? kept : [...kept, prefix]
+  return models === undefined
+    ? { ...config, model: { ...pinned, name }, allowedSources }
+    : { ...config, models, allowedSources }
 }

@@ -81,3 +81,11 @@ export const preflight = (file: Gguf.GgufFile, options: PreflightOptions): Eithe
     yield* MemoryFit.fits(estimate, options.maxRamBytes)
     return estimate
   })
+
+/**
+ * How an embedding model's runtime pools token vectors into one (`--pooling`): the model's own
+ * (`<arch>.pooling_type`: mean, cls or last) or, when it names none (or none, or rank, which is for
+ * reranking), mean: llama-server refuses OpenAI embeddings without pooling.
+ */
+export const embeddingPooling = (summary: Pick<Gguf.GgufSummary, "poolingType">): "mean" | "cls" | "last" =>
+  summary.poolingType === 2 ? "cls" : summary.poolingType === 3 ? "last" : "mean"

@@ -1,6 +1,6 @@
 /**
  * The gate in front of every inference request, in the order the manager runs it: the circuit,
- * then the lifecycle, then admission (a slot, a place in the queue, or a refusal), all decided at
+ * then the lifecycle (a runtime loaded on demand queues every request until it is ready), then admission (a slot, a place in the queue, or a refusal), all decided at
  * once on one snapshot of the state; then, once a slot is held and an observation is at hand, the
  * resource ceilings.
  */
@@ -18,8 +18,10 @@ export interface EntryInput {
   readonly lifecycle: Lifecycle.LifecycleState
   /** The runtime's process has exited and the exit is not handled yet: it serves nothing. */
   readonly exiting: boolean
-  /** Stopped by the idle timer: the next request starts the runtime again. */
+  /** Loaded on demand (unloaded while idle, evicted, or not preloaded): a request waits for the load. */
   readonly unloadedIdle: boolean
+  /** A load on demand is already under way. */
+  readonly waking: boolean
   readonly admission: Admission.AdmissionState
 }
 
@@ -28,8 +30,8 @@ export type Entry =
   | { readonly _tag: "admitted"; readonly admission: Admission.AdmissionState }
   /** A place at the back of the queue: `admission` counts it. */
   | { readonly _tag: "queued"; readonly admission: Admission.AdmissionState }
-  /** Start the runtime (unloaded while idle), then ask again. */
-  | { readonly _tag: "reload" }
+  /** A place in the queue, and the runtime must be started (loaded on demand): `admission` counts the place. */
+  | { readonly _tag: "reload"; readonly admission: Admission.AdmissionState }
 
 export type EntryRefusal = Circuit.CircuitOpen | Lifecycle.NotReady | Admission.QueueFull
 
@@ -37,7 +39,13 @@ export type EntryRefusal = Circuit.CircuitOpen | Lifecycle.NotReady | Admission.
 export const enter = (input: EntryInput): Either.Either<Entry, EntryRefusal> => {
   const circuit = Circuit.check(input.circuit, input.now)
   if (Either.isLeft(circuit)) return Either.left(circuit.left)
-  if (input.unloadedIdle && input.lifecycle === "stopped") return Either.right({ _tag: "reload" })
+  if (input.unloadedIdle && input.lifecycle !== "ready") {
+    // Loaded on demand: every request waits in the queue for the load; the first one starts it.
+    return Either.map(
+      Admission.recordEnqueue(input.admission),
+      (admission): Entry => (input.lifecycle === "stopped" && !input.waking ? { _tag: "reload", admission } : { _tag: "queued", admission })
+    )
+  }
   const ready = Lifecycle.requireReady(input.lifecycle)
   if (Either.isLeft(ready)) return Either.left(ready.left)
   if (input.exiting) return Either.left(refusal(LifecycleError, "not_ready"))

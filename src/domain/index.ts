@@ -4,6 +4,7 @@
  * their typed errors. No I/O, no services.
  */
 export * as Admission from "./Admission.js"
+export * as Budget from "./Budget.js"
 export * as Circuit from "./Circuit.js"
 export {
   AdmissionError,

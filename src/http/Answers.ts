@@ -5,10 +5,11 @@
  * part-way its last event carries the same error body.
  */
 import { HttpServerResponse } from "@effect/platform"
-import type { GatewayError } from "../services/Errors.js"
-import type { ManagerStatus, RunFailure } from "../services/RuntimeManager.js"
+import type { GatewayError, PoolError } from "../services/Errors.js"
+import type { PoolStatus } from "../services/ModelPool.js"
+import type { RunFailure } from "../services/RuntimeManager.js"
 
-export type Failure = RunFailure | GatewayError
+export type Failure = RunFailure | GatewayError | PoolError
 
 /** The status of each refusal the gateway makes itself. */
 const GATEWAY_STATUS: Record<GatewayError["reason"], number> = {
@@ -21,6 +22,7 @@ const GATEWAY_STATUS: Record<GatewayError["reason"], number> = {
   field_not_allowed: 400,
   request_too_large: 400,
   model_not_found: 404,
+  wrong_model_kind: 400,
   invalid_host: 400,
   upstream_failed: 502,
   generation_timeout: 504
@@ -34,6 +36,8 @@ const GATEWAY_STATUS: Record<GatewayError["reason"], number> = {
 export const statusOf = (error: Failure): { readonly status: number; readonly retry: boolean } =>
   error._tag === "GatewayError"
     ? { status: GATEWAY_STATUS[error.reason], retry: false }
+    : error._tag === "PoolError"
+    ? { status: 404, retry: false }
     : error._tag === "RuntimeExitedError"
     ? { status: 502, retry: false }
     : { status: 503, retry: true }
@@ -56,16 +60,29 @@ export const refusal = (error: Failure, retryAfterSeconds: number) => {
   })
 }
 
-/** `/health`: the lifecycle state and the load; 200 only when ready. */
-export const health = (status: ManagerStatus) =>
-  HttpServerResponse.unsafeJson(
-    { state: status.state, inFlight: status.inFlight, queued: status.queued },
-    { status: status.state === "ready" ? 200 : 503 }
+/**
+ * `/health`: each model's lifecycle state and load, and for the whole: `ready` once every preloaded
+ * model is (else the first such model's state), the sums of the loads. 200 only when ready.
+ */
+export const health = (status: PoolStatus) => {
+  const waiting = status.models.find((m) => m.preload && m.status.state !== "ready")
+  return HttpServerResponse.unsafeJson(
+    {
+      state: status.ready ? "ready" : waiting?.status.state ?? "stopped",
+      inFlight: status.models.reduce((n, m) => n + m.status.inFlight, 0),
+      queued: status.models.reduce((n, m) => n + m.status.queued, 0),
+      models: Object.fromEntries(status.models.map((m) => [m.name, { state: m.status.state, inFlight: m.status.inFlight, queued: m.status.queued }]))
+    },
+    { status: status.ready ? 200 : 503 }
   )
+}
 
-/** `/v1/models`: the one model, by its name; nothing about where or what it is on disk. */
-export const models = (name: string) =>
-  HttpServerResponse.unsafeJson({ object: "list", data: [{ id: name, object: "model", created: 0, owned_by: "companion-runtime" }] })
+/** `/v1/models`: every model, by its name, with its state; nothing about where or what it is on disk. */
+export const models = (status: PoolStatus) =>
+  HttpServerResponse.unsafeJson({
+    object: "list",
+    data: status.models.map((m) => ({ id: m.name, object: "model", created: 0, owned_by: "companion-runtime", state: m.status.state }))
+  })
 
 /** What a handler returns once the relay has written the answer: the server then writes nothing more. */
 export const relayed = HttpServerResponse.empty()

@@ -14,8 +14,9 @@
  * - Limits: messages, tools, characters of text (images aside), nesting depth; over one,
  *   `request_too_large`. Tokens to generate are capped to `maxTokens`, and set to it when the
  *   request names none (llama-server's own default is "until the context is full").
- * - `model`: absent or the configured name; anything else is `model_not_found`. The runtime is
- *   always sent the configured name.
+ * - `model`: one of the served models, of the route's kind (a chat model for chat and completions,
+ *   an embedding model for embeddings: `wrong_model_kind` otherwise), or absent for the first of
+ *   that kind; any other name is `model_not_found`. The runtime is sent that model's name.
  *
  * Refusals carry a fixed message naming no field and no value. The field-by-field decisions, read
  * from llama.cpp's `tools/server` request parsing, are listed in docs/threat-model.md.
@@ -25,15 +26,23 @@
 import { Either, Schema } from "effect"
 import { GatewayError } from "../services/Errors.js"
 
+/** A model a request may name, and what it serves. */
+export interface ServedModel {
+  readonly name: string
+  readonly kind: "chat" | "embedding"
+}
+
 export interface FirewallOptions {
-  /** The one model served; the only `model` a request may name. */
-  readonly modelName: string
+  /** The models served: a request's `model` must name one of its route's kind; absent, it gets the first of that kind. */
+  readonly models: ReadonlyArray<ServedModel>
   /** `"refuse"` (default) or `"strip"` a field the schema does not know. */
   readonly unknownFields: "refuse" | "strip"
   readonly maxTokens: number
   readonly maxMessages: number
   readonly maxCharacters: number
   readonly maxTools: number
+  /** Strings in one embeddings request. Default 256. */
+  readonly maxInputs?: number | undefined
 }
 
 /** Refused whatever their value: slot control, LoRA, context shifting, several completions, speculative decoding, raw result fields. */
@@ -271,16 +280,32 @@ export const CompletionRequest = Schema.Struct({
 })
 export type CompletionRequest = typeof CompletionRequest.Type
 
-export type Route = "chat" | "completion"
+/**
+ * `POST /v1/embeddings`: strings only (no token arrays, which reach the tokenizer unchecked), none
+ * empty (llama-server refuses an empty input only for some models), each counted by the character
+ * limit. `encoding_format` as llama-server takes it (the `openai` client asks for base64);
+ * `dimensions` is refused as unknown: llama-server would ignore it and answer the model's width.
+ */
+export const EmbeddingRequest = Schema.Struct({
+  model: opt(Short),
+  input: Schema.Union(Schema.String.pipe(Schema.minLength(1)), Schema.Array(Schema.String.pipe(Schema.minLength(1))).pipe(Schema.minItems(1))),
+  encoding_format: opt(Schema.Literal("float", "base64")),
+  user: opt(Short)
+})
+export type EmbeddingRequest = typeof EmbeddingRequest.Type
+
+export type Route = "chat" | "completion" | "embedding"
 
 const decoders = {
   refuse: {
     chat: Schema.decodeUnknownEither(ChatRequest, { onExcessProperty: "error" }),
-    completion: Schema.decodeUnknownEither(CompletionRequest, { onExcessProperty: "error" })
+    completion: Schema.decodeUnknownEither(CompletionRequest, { onExcessProperty: "error" }),
+    embedding: Schema.decodeUnknownEither(EmbeddingRequest, { onExcessProperty: "error" })
   },
   strip: {
     chat: Schema.decodeUnknownEither(ChatRequest, { onExcessProperty: "ignore" }),
-    completion: Schema.decodeUnknownEither(CompletionRequest, { onExcessProperty: "ignore" })
+    completion: Schema.decodeUnknownEither(CompletionRequest, { onExcessProperty: "ignore" }),
+    embedding: Schema.decodeUnknownEither(EmbeddingRequest, { onExcessProperty: "ignore" })
   }
 } as const
 
@@ -342,16 +367,36 @@ const capped = (cap: number, ...asked: ReadonlyArray<number | undefined>): numbe
   return given.length === 0 ? cap : Math.min(cap, ...given)
 }
 
-/**
- * Check one parsed body for `route`: the body to send the runtime (the decoded request, re-serialised
- * with the model's name and the capped token counts), or the refusal.
- */
-export const check = (route: Route, body: Record<string, unknown>, options: FirewallOptions): Either.Either<string, GatewayError> => {
-  for (const key in body) if (INTERNAL_FIELDS.has(key)) return refuse("field_not_allowed")
-  if (body["model"] !== undefined && body["model"] !== options.modelName) {
-    // A wrong type is a malformed body; another name is a model this gateway does not serve.
-    return typeof body["model"] === "string" ? refuse("model_not_found") : refuse("invalid_body")
+/** What passed: the model it goes to, and the body to send that model's runtime. */
+export interface Checked {
+  readonly model: string
+  readonly body: string
+}
+
+export const DEFAULT_MAX_INPUTS = 256
+
+/** The model a request names (or, naming none, the first of the route's kind), if it serves the route. */
+const modelFor = (route: Route, named: unknown, models: ReadonlyArray<ServedModel>): Either.Either<string, GatewayError> => {
+  const kind = route === "embedding" ? "embedding" : "chat"
+  if (named === undefined) {
+    const first = models.find((m) => m.kind === kind)
+    return first === undefined ? refuse("wrong_model_kind") : Either.right(first.name)
   }
+  // A wrong type is a malformed body; another name is a model this gateway does not serve.
+  if (typeof named !== "string") return refuse("invalid_body")
+  const model = models.find((m) => m.name === named)
+  if (model === undefined) return refuse("model_not_found")
+  return model.kind === kind ? Either.right(model.name) : refuse("wrong_model_kind")
+}
+
+/**
+ * Check one parsed body for `route`: the model it goes to and the body to send its runtime (the
+ * decoded request, re-serialised with the model's name and the capped token counts), or the refusal.
+ */
+export const check = (route: Route, body: Record<string, unknown>, options: FirewallOptions): Either.Either<Checked, GatewayError> => {
+  for (const key in body) if (INTERNAL_FIELDS.has(key)) return refuse("field_not_allowed")
+  const model = modelFor(route, body["model"], options.models)
+  if (Either.isLeft(model)) return Either.left(model.left)
   const { characters, tooDeep } = measure(body)
   if (tooDeep) return refuse("invalid_body")
   if (characters > options.maxCharacters) return refuse("request_too_large")
@@ -365,17 +410,23 @@ export const check = (route: Route, body: Record<string, unknown>, options: Fire
     const tokens = capped(options.maxTokens, request.max_tokens, request.max_completion_tokens, request.n_predict)
     out = { ...request, max_tokens: tokens, n_predict: tokens }
     if (request.max_completion_tokens !== undefined) out["max_completion_tokens"] = tokens
-  } else {
+  } else if (route === "completion") {
     const decoded = mode.completion(body)
     if (Either.isLeft(decoded)) return refuse("invalid_body")
     const request = decoded.right
     const tokens = capped(options.maxTokens, request.max_tokens, request.n_predict)
     out = { ...request, max_tokens: tokens, n_predict: tokens }
+  } else {
+    const decoded = mode.embedding(body)
+    if (Either.isLeft(decoded)) return refuse("invalid_body")
+    const request = decoded.right
+    if (typeof request.input !== "string" && request.input.length > (options.maxInputs ?? DEFAULT_MAX_INPUTS)) return refuse("request_too_large")
+    out = { ...request }
   }
-  out["model"] = options.modelName
-  return Either.right(JSON.stringify(out))
+  out["model"] = model.right
+  return Either.right({ model: model.right, body: JSON.stringify(out) })
 }
 
 /** For tests and docs: the fields a route's schema knows. */
 export const knownFields = (route: Route): ReadonlyArray<string> =>
-  Object.keys(route === "chat" ? ChatRequest.fields : CompletionRequest.fields)
+  Object.keys(route === "chat" ? ChatRequest.fields : route === "completion" ? CompletionRequest.fields : EmbeddingRequest.fields)

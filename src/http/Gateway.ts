@@ -2,11 +2,12 @@
  * The loopback inference gateway: the one door between a companion app and its local model.
  *
  * Routes (`HttpRouter`), and nothing else (404): `POST /v1/chat/completions`, `POST /v1/completions`,
- * `GET /v1/models` (the model's name, answered here), and `GET /health` (the lifecycle state; 200
- * only when ready). Before any route, the guards (`Guards.ts`): Host (400, 421), Origin (403), token
+ * `POST /v1/embeddings`, `GET /v1/models` (each model's name and state, answered here), and
+ * `GET /health` (each model's state and load; 200 only when every preloaded model is ready). Before any route, the guards (`Guards.ts`): Host (400, 421), Origin (403), token
  * (401). An inference body is read up to its limit (413), must be a JSON object (400) and pass the
- * firewall (`Firewall.ts`: 400, 404); what the firewall decoded is what the runtime gets. Then the request goes through
- * `RuntimeManager.run` to the runtime with the per-spawn key, and the runtime's answer streams back
+ * firewall (`Firewall.ts`: 400, 404), which also picks the model; what the firewall decoded is what
+ * the runtime gets. Then the request goes through `ModelPool.run` (that model's manager: loaded on
+ * demand, then its gate) to its runtime with the per-spawn key, and the runtime's answer streams back
  * chunk by chunk (`Relay.ts`); the slot is held until the last chunk or the client's disconnect,
  * which also aborts the upstream request. Every other answer comes from `Answers.ts`.
  */
@@ -15,21 +16,21 @@ import { Duration, Effect, Either, Layer, Option, type Redacted } from "effect"
 import type { Agent } from "node:http"
 import { type CompanionConfig, readConfig } from "../config/Config.js"
 import { GatewayError } from "../services/Errors.js"
-import { RuntimeManager } from "../services/RuntimeManager.js"
+import { ModelPool } from "../services/ModelPool.js"
 import * as Answers from "./Answers.js"
 import * as Firewall from "./Firewall.js"
 import { guards, hostsFor } from "./Guards.js"
 import * as Relay from "./Relay.js"
 
 export interface GatewayOptions {
-  /** The name clients see for the model (the runtime's `--alias`). Default `"model"`. */
-  readonly modelName?: string | undefined
   /** The request firewall's limits and mode (see `Firewall.ts`); each has the config's default. */
   readonly unknownFields?: "refuse" | "strip" | undefined
   readonly maxTokens?: number | undefined
   readonly maxMessages?: number | undefined
   readonly maxCharacters?: number | undefined
   readonly maxTools?: number | undefined
+  /** Strings in one embeddings request. */
+  readonly maxInputs?: number | undefined
   /** From the slot to the answer's last byte. Default 5 minutes. */
   readonly generationTimeout?: Duration.DurationInput | undefined
   /** Origins a browser may call from (exact `scheme://host:port`). Default: none. */
@@ -61,7 +62,8 @@ const parseObject = (body: Uint8Array) =>
  * answer (502, 503, 504); after it, the answer is cut off.
  */
 const forward = (
-  manager: RuntimeManager["Type"],
+  pool: ModelPool["Type"],
+  model: string,
   agent: Agent,
   deadlineMillis: number,
   method: "GET" | "POST",
@@ -70,7 +72,7 @@ const forward = (
 ) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     const response = Relay.responseOf(request)
-    return manager.run((endpoint) =>
+    return pool.run(model, (endpoint) =>
       Effect.flatMap(Relay.makeDeadline(deadlineMillis), (deadline) =>
         Effect.flatMap(Relay.send(agent, endpoint, method, path, body, deadline), (answer) => Relay.relay(answer, response, deadline))).pipe(
           Effect.scoped
@@ -83,21 +85,21 @@ const forward = (
 
 export const makeApp = (options: GatewayOptions = {}) =>
   Effect.gen(function*() {
-    const manager = yield* RuntimeManager
+    const pool = yield* ModelPool
     const agent = yield* Relay.makeAgent
     const server = yield* HttpServer.HttpServer
     const limit = options.maxBodyBytes ?? 8 * 1024 * 1024
     const retryAfter = options.retryAfterSeconds ?? 1
     const deadline = Duration.toMillis(Duration.decode(options.generationTimeout ?? Duration.minutes(5)))
     const firewall: Firewall.FirewallOptions = {
-      modelName: options.modelName ?? "model",
+      models: pool.models,
       unknownFields: options.unknownFields ?? "refuse",
       maxTokens: options.maxTokens ?? 2048,
       maxMessages: options.maxMessages ?? 256,
       maxCharacters: options.maxCharacters ?? 256 * 1024,
-      maxTools: options.maxTools ?? 64
+      maxTools: options.maxTools ?? 64,
+      maxInputs: options.maxInputs ?? Firewall.DEFAULT_MAX_INPUTS
     }
-    const models = Answers.models(firewall.modelName)
     const address = server.address
 
     /** An inference route: the body is read, parsed, checked by the firewall, and what it decoded goes on. */
@@ -107,15 +109,16 @@ export const makeApp = (options: GatewayOptions = {}) =>
           Effect.flatMap(parseObject(body), (parsed) =>
             Either.match(Firewall.check(route, parsed, firewall), {
               onLeft: Effect.fail,
-              onRight: (checked) => forward(manager, agent, deadline, "POST", path, Buffer.from(checked))
+              onRight: (checked) => forward(pool, checked.model, agent, deadline, "POST", path, Buffer.from(checked.body))
             }))))
 
     const routes = yield* HttpRouter.empty.pipe(
-      HttpRouter.get("/health", Effect.map(manager.status, Answers.health)),
+      HttpRouter.get("/health", Effect.map(pool.status, Answers.health)),
       // Answered here: the runtime's own list carries the model's path in the store and its sizes.
-      HttpRouter.get("/v1/models", Effect.succeed(models)),
+      HttpRouter.get("/v1/models", Effect.map(pool.status, Answers.models)),
       HttpRouter.post("/v1/chat/completions", inference("/v1/chat/completions", "chat")),
       HttpRouter.post("/v1/completions", inference("/v1/completions", "completion")),
+      HttpRouter.post("/v1/embeddings", inference("/v1/embeddings", "embedding")),
       HttpRouter.toHttpApp,
       // The door matches exactly: no other case, no trailing or doubled slash reaches a route.
       HttpRouter.withRouterConfig({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
@@ -148,12 +151,12 @@ export const optionsFrom = (config: CompanionConfig): GatewayOptions => ({
   token: Option.getOrUndefined(config.gateway.token),
   maxBodyBytes: config.gateway.maxBodyBytes,
   retryAfterSeconds: config.gateway.retryAfterSeconds,
-  modelName: config.model.name,
   unknownFields: config.gateway.unknownFields,
   maxTokens: config.gateway.maxTokens,
   maxMessages: config.gateway.maxMessages,
   maxCharacters: config.gateway.maxCharacters,
   maxTools: config.gateway.maxTools,
+  maxInputs: config.gateway.maxInputs,
   generationTimeout: config.gateway.generationTimeout
 })
 

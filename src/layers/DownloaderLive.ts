@@ -21,7 +21,7 @@ import { NodeHttpClient, NodeStream } from "@effect/platform-node"
 import * as Undici from "@effect/platform-node/Undici"
 import { Clock, ConfigError, Duration, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
 import * as Hub from "../domain/Hub.js"
-import { type CompanionConfig, readConfig } from "../config/Config.js"
+import { type CompanionConfig, modelsOf, readConfig } from "../config/Config.js"
 import { Readable } from "node:stream"
 import { rootCertificates } from "node:tls"
 import { checkSource } from "../domain/Integrity.js"
@@ -278,7 +278,7 @@ export const layer = (options: DownloaderOptions): Layer.Layer<Downloader> => La
  */
 export const hubOptions = (config: CompanionConfig): Pick<DownloaderOptions, "redirectSources" | "bearer"> => {
   const hub = Hub.parseHub(config.hub.url)
-  if (Either.isLeft(hub) || Option.isNone(Hub.parseResolveUrl(config.model.source, hub.right))) return {}
+  if (Either.isLeft(hub) || !modelsOf(config).some((model) => Option.isSome(Hub.parseResolveUrl(model.source, hub.right)))) return {}
   return {
     redirectSources: config.hub.storageHosts,
     ...(Option.isSome(config.hub.token) ? { bearer: { origin: hub.right.origin, token: config.hub.token.value } } : {})

@@ -3,8 +3,10 @@
  *
  * - `store`: the ModelStore alone (HTTPS downloader, the real file system): what `pull` needs, on a
  *   machine without `setpriv` or `nvidia-smi`;
- * - `layer`: the RuntimeManager and the ModelStore with every service under them: the spawner
- *   (`setpriv` required), health probe and resource stat.
+ * - `layer`: the RuntimeManager (of the first model) and the ModelStore with every service under
+ *   them: the spawner (`setpriv` required), health probe and resource stat;
+ * - `pool`: the same with the ModelPool of every configured model instead of one manager: what the
+ *   gateway needs.
  *
  * `TestLayers` provides the same services in memory.
  */
@@ -13,6 +15,7 @@ import { Effect, Layer } from "effect"
 import { type CompanionConfig, readConfig } from "../config/Config.js"
 import * as DownloaderLive from "./DownloaderLive.js"
 import * as HealthProbeLive from "./HealthProbeLive.js"
+import * as ModelPoolLive from "./ModelPoolLive.js"
 import * as ModelStoreLive from "./ModelStoreLive.js"
 import * as ResourceStatLive from "./ResourceStatLive.js"
 import * as RuntimeManagerLive from "./RuntimeManagerLive.js"
@@ -26,9 +29,9 @@ export const storeFrom = (config: CompanionConfig) =>
     Layer.provide(NodeContext.layer)
   )
 
-/** RuntimeManager and ModelStore, with Downloader, StoreFileSystem, Spawner, HealthProbe and ResourceStat. */
-export const layerFrom = (config: CompanionConfig) =>
-  RuntimeManagerLive.layer(config).pipe(
+/** What the managers need: the store and the spawner, health probe and resource stat. */
+const runtimeFrom = <A, E, R>(config: CompanionConfig, top: Layer.Layer<A, E, R>) =>
+  top.pipe(
     Layer.provideMerge(storeFrom(config)),
     Layer.provideMerge(Layer.mergeAll(
       SpawnerLive.layer(SpawnerLive.optionsFrom(config)),
@@ -38,8 +41,17 @@ export const layerFrom = (config: CompanionConfig) =>
     Layer.provide(Layer.mergeAll(NodeContext.layer, NodeHttpClient.layerUndici))
   )
 
+/** RuntimeManager (the first model's) and ModelStore, with Downloader, StoreFileSystem, Spawner, HealthProbe and ResourceStat. */
+export const layerFrom = (config: CompanionConfig) => runtimeFrom(config, RuntimeManagerLive.layer(RuntimeManagerLive.configFrom(config)))
+
+/** ModelPool (every model, one budget) and ModelStore, with the same services under them. */
+export const poolFrom = (config: CompanionConfig) => runtimeFrom(config, ModelPoolLive.layer(config))
+
 /** `storeFrom`, configured from `Config`. */
 export const store = Layer.unwrapEffect(Effect.map(readConfig, storeFrom))
 
 /** `layerFrom`, configured from `Config`; fails to build on invalid config or a missing `setpriv`. */
 export const layer = Layer.unwrapEffect(Effect.map(readConfig, layerFrom))
+
+/** `poolFrom`, configured from `Config`. */
+export const pool = Layer.unwrapEffect(Effect.map(readConfig, poolFrom))

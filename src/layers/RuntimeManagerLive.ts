@@ -28,7 +28,13 @@ import {
   type Stream,
   SubscriptionRef
 } from "effect"
-import { preflightOptions as preflightOptionsFrom, readConfig } from "../config/Config.js"
+import {
+  type CompanionConfig,
+  firstModel,
+  type ModelConfig,
+  preflightOptions as preflightOptionsFrom,
+  readConfig
+} from "../config/Config.js"
 import * as Circuit from "../domain/Circuit.js"
 import { LifecycleError, type Refusal, refusal } from "../domain/Errors.js"
 import * as Gguf from "../domain/Gguf.js"
@@ -41,7 +47,9 @@ import { HealthProbe } from "../services/HealthProbe.js"
 import { ModelStore } from "../services/ModelStore.js"
 import { ResourceStat } from "../services/ResourceStat.js"
 import {
+  type InsufficientResources,
   type LifecycleChange,
+  type ManagerHooks,
   type ManagerStatus,
   metrics,
   type RunFailure,
@@ -68,9 +76,14 @@ interface Running {
   readonly observation: Cache.Cache<void, ResourcePolicy.ResourceObservation, ResourceStatError>
   /** Why it stopped serving, once it has: set once, before its requests are interrupted. */
   gone: RuntimeExitedError | undefined
+  /** The last observation that succeeded, for the pool's budget. */
+  observed: ResourcePolicy.ResourceObservation | undefined
 }
 
-type Slots = SlotGate.SlotGate<Running, Lifecycle.NotReady>
+/** Why a queued request is refused without running: the runtime left `ready`, or its load found no room. */
+type QueuedRefusal = Lifecycle.NotReady | InsufficientResources
+
+type Slots = SlotGate.SlotGate<Running, QueuedRefusal>
 
 /** A failed observation as `run` reports it (a vanished process is reported as the runtime's exit). */
 type ObservationFailure = Refusal<ResourceStatError, "stat_failed" | "parse_failed">
@@ -83,8 +96,13 @@ interface State {
   readonly circuit: Circuit.CircuitState
   readonly restarts: number
   readonly lastActivity: number
-  /** Stopped by the idle timer: the next request starts the runtime again. */
+  /**
+   * Loaded on demand (unloaded while idle, evicted, or never preloaded): requests queue and the
+   * first one starts the runtime.
+   */
   readonly unloadedIdle: boolean
+  /** A load on demand is under way (its fiber started, its lifecycle maybe not yet `starting`). */
+  readonly waking: boolean
 }
 
 const notReady = () => refusal(LifecycleError, "not_ready")
@@ -99,7 +117,7 @@ const defined = <A>(value: A | undefined): A => {
 // The manager
 // ---------------------------------------------------------------------------------------------
 
-export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeManagerConfig) {
+export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeManagerConfig, hooks: ManagerHooks = {}) {
   const store = yield* ModelStore
   const spawner = yield* Spawner
   const health = yield* HealthProbe
@@ -120,8 +138,19 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     circuit: Circuit.closed,
     restarts: 0,
     lastActivity: now0,
-    unloadedIdle: false
+    unloadedIdle: config.model.onDemand === true,
+    waking: false
   })
+  // A named model's metrics carry its name (several share one registry in a pool).
+  const label = <M extends Metric.Metric<any, any, any>>(metric: M): M =>
+    config.model.name === undefined ? metric : (Metric.tagged(metric, "model", config.model.name) as M)
+  const m = {
+    admissions: label(metrics.admissions),
+    rejections: label(metrics.rejections),
+    inFlight: label(metrics.inFlight),
+    queued: label(metrics.queued),
+    restarts: label(metrics.restarts)
+  }
   const lifecycleChanges = yield* SubscriptionRef.make<LifecycleChange>({ state: Lifecycle.initialState, at: now0 })
   // Lifecycle operations (start, drain, crash handling) run one at a time.
   const lifecycleLock = yield* Effect.makeSemaphore(1)
@@ -142,7 +171,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
         ([value, dInFlight, dQueued]) =>
           dInFlight === 0 && dQueued === 0
             ? Effect.succeed(value)
-            : Effect.as(Effect.zipRight(Metric.modify(metrics.inFlight, dInFlight), Metric.modify(metrics.queued, dQueued)), value)
+            : Effect.as(Effect.zipRight(Metric.modify(m.inFlight, dInFlight), Metric.modify(m.queued, dQueued)), value)
       ))
 
   /** Apply a lifecycle event through the domain table; a refused event leaves the state as it was. */
@@ -159,8 +188,8 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       (change) => SubscriptionRef.set(lifecycleChanges, change)
     )
 
-  /** Leaving `ready`: everyone still queued is refused. */
-  const refuseQueue = (s: State): Partial<State> => ({ slots: SlotGate.refuseAll(s.slots, notReady()) })
+  /** Leaving `ready`, or a load that failed: everyone still queued is refused. */
+  const refuseQueue = (s: State, error: QueuedRefusal = notReady()): Partial<State> => ({ slots: SlotGate.refuseAll(s.slots, error) })
 
   /** The runtime stops serving: record why and interrupt every request still running on it. */
   const retire = (running: Running, reason: RuntimeExitedError["reason"]) =>
@@ -213,8 +242,23 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       // A download is screened as its first bytes arrive: a model that cannot pass stops there.
       const model = yield* Scope.extend(store.ensure(config.model.spec, config.model.source, screen), scope)
       // Before any native code reads it: the header's structure, the policy, the memory fit.
-      yield* Effect.flatMap(store.header(model), (header) => ModelPolicy.preflight(header, preflightOptions))
-      const handle = yield* Scope.extend(spawner.spawn(model), scope)
+      const header = yield* store.header(model)
+      const estimate = yield* ModelPolicy.preflight(header, preflightOptions)
+      // In a pool: room in the shared budget, held as long as the runtime lives.
+      if (hooks.reserve !== undefined) yield* Scope.extend(hooks.reserve(estimate), scope)
+      const pooling = config.model.kind === "embedding"
+        ? Either.match(Gguf.summarize(header), { onLeft: () => "mean" as const, onRight: ModelPolicy.embeddingPooling })
+        : undefined
+      const handle = yield* Scope.extend(
+        spawner.spawn(model, {
+          alias: config.model.name,
+          parallel: config.admission.maxInFlight,
+          contextSize: Option.getOrUndefined(config.runtime.contextSize),
+          threads: config.runtime.threads === undefined ? undefined : Option.getOrUndefined(config.runtime.threads),
+          embeddings: pooling === undefined ? undefined : { pooling }
+        }),
+        scope
+      )
       // Added after the spawner's kill, so it runs first when the scope closes.
       yield* Scope.addFinalizer(scope, Effect.asVoid(handle.stop(config.stopGrace)))
       yield* waitHealthy(handle)
@@ -232,8 +276,9 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
           ),
         timeToLive: config.maxObservationAge
       })
-      const running: Running = { handle, scope, requests, observation, gone: undefined }
-      yield* transition("health_ok", () => ({ running, unloadedIdle: false }))
+      const running: Running = { handle, scope, requests, observation, gone: undefined, observed: undefined }
+      // Requests that waited for a load on demand take the free slots now.
+      yield* transition("health_ok", (s) => ({ running, unloadedIdle: false, slots: SlotGate.fill(s.slots, running) }))
       // Forked into the runtime's scope: closing the scope interrupts it before the process stops.
       yield* Effect.forkIn(supervise(running), scope)
     })
@@ -247,12 +292,12 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       yield* transition("start")
       const outcome = yield* Effect.exit(restore(bringUp))
       if (Exit.isSuccess(outcome)) return
-      const exited = Option.exists(
-        Cause.failureOption(outcome.cause),
-        (e) => e._tag === "StartError" && e.reason === "exited_while_starting"
-      )
-      yield* transition(exited ? "exited" : "health_fail", (s) => ({ ...refuseQueue(s), running: undefined }))
-      if (!Cause.isInterruptedOnly(outcome.cause)) yield* recordFailure
+      const failure = Option.getOrUndefined(Cause.failureOption(outcome.cause))
+      const exited = failure?._tag === "StartError" && failure.reason === "exited_while_starting"
+      const noRoom = failure?._tag === "ResourceError" && failure.reason === "insufficient_resources" ? failure : undefined
+      yield* transition(exited ? "exited" : "health_fail", (s) => ({ ...refuseQueue(s, noRoom), running: undefined }))
+      // No room in a pool's budget is not the runtime failing: the circuit does not count it.
+      if (!Cause.isInterruptedOnly(outcome.cause) && noRoom === undefined) yield* recordFailure
       return yield* outcome
     })
   )
@@ -296,7 +341,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     for (;;) {
       yield* Effect.orDie(backoff.next(undefined))
       if ((yield* Ref.get(ref)).lifecycle !== "stopped") return
-      yield* Metric.increment(metrics.restarts)
+      yield* Metric.increment(m.restarts)
       yield* update((s) => [undefined, { ...s, restarts: s.restarts + 1 }] as const)
       const outcome = yield* Effect.exit(start)
       if (Exit.isSuccess(outcome)) return
@@ -312,11 +357,12 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   // Requests
   // -------------------------------------------------------------------------------------------
 
+  type Waiter = SlotGate.Waiter<Running, QueuedRefusal>
+
   type Ticket =
     | { readonly _tag: "admitted"; readonly running: Running }
-    | { readonly _tag: "queued"; readonly waiter: SlotGate.Waiter<Running, Lifecycle.NotReady> }
+    | { readonly _tag: "queued"; readonly waiter: Waiter; readonly wake: boolean }
     | { readonly _tag: "refused"; readonly error: RequestGate.EntryRefusal }
-    | { readonly _tag: "reload" }
 
   /** One atomic look at the state, and the domain gate decides: circuit, lifecycle, admission. */
   const enter = update((s, now): readonly [Ticket, State] => {
@@ -326,13 +372,17 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       lifecycle: s.lifecycle,
       exiting: s.running?.gone !== undefined,
       unloadedIdle: s.unloadedIdle,
+      waking: s.waking,
       admission: s.slots.admission
     })
     if (Either.isLeft(decision)) return [{ _tag: "refused", error: decision.left }, s]
     const entry = decision.right
     switch (entry._tag) {
-      case "reload":
-        return [entry, s]
+      case "reload": {
+        // Queued like the rest, and this request's entry starts the load (once: `waking`).
+        const [waiter, slots] = SlotGate.enqueue(s.slots, entry.admission)
+        return [{ _tag: "queued", waiter, wake: true }, { ...s, slots, lastActivity: now, waking: true }]
+      }
       case "admitted":
         return [
           { _tag: "admitted", running: defined(s.running) },
@@ -340,7 +390,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
         ]
       case "queued": {
         const [waiter, slots] = SlotGate.enqueue(s.slots, entry.admission)
-        return [{ _tag: "queued", waiter }, { ...s, slots, lastActivity: now }]
+        return [{ _tag: "queued", waiter, wake: false }, { ...s, slots, lastActivity: now }]
       }
     }
   })
@@ -352,7 +402,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   })
 
   /** A waiter leaves without running; one that was handed a slot as it left gives it back. */
-  const leave = (waiter: SlotGate.Waiter<Running, Lifecycle.NotReady>) =>
+  const leave = (waiter: Waiter) =>
     Effect.flatten(update((s) => {
       const [giveBack, slots] = SlotGate.leave(s.slots, waiter)
       return [giveBack ? release : Effect.void, { ...s, slots }] as const
@@ -360,25 +410,47 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
 
   type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
-  /** After an idle unload the next request starts the runtime again; a failed start refuses it as not ready. */
-  const reloadIdle = start.pipe(
-    Effect.catchAll((error) =>
-      error._tag === "LifecycleError"
-        ? Effect.void // someone else is starting or started it
-        : Effect.zipRight(Effect.logWarning(`reload after idle unload failed: ${error.reason}`), Effect.fail(notReady()))
-    )
+  /**
+   * A load on demand, in a fiber of the service's own: the requests wait for it in the queue, and
+   * none of them owns it (one leaving does not stop the load the others wait for). A start that
+   * succeeds fills the queue (`health_ok`); one that fails has refused it, or, failing before it
+   * began (the circuit), is refused here.
+   */
+  const wake = Effect.flatMap(Effect.exit(start), (exit) =>
+    Effect.flatMap(
+      update((s) => {
+        const failure = Exit.isFailure(exit) ? Option.getOrUndefined(Cause.failureOption(exit.cause)) : undefined
+        const noRoom = failure?._tag === "ResourceError" && failure.reason === "insufficient_resources" ? failure : undefined
+        const stranded = s.lifecycle === "stopped" && s.slots.waiters.length > 0
+        return [failure, { ...s, waking: false, ...(stranded ? refuseQueue(s, noRoom) : {}) }] as const
+      }),
+      (failure) =>
+        failure === undefined || failure._tag === "LifecycleError" // someone else is starting or started it
+          ? Effect.void
+          : Effect.logWarning(`load on demand failed: ${failure.reason}`)
+    ))
+
+  // Interruptible: a fiber forked from the gate's uninterruptible region would inherit that, and
+  // its races (the health probe against the process's exit) could never stop their losers.
+  const startWake = Effect.asVoid(Effect.forkIn(Effect.interruptible(wake), layerScope))
+
+  /** After an unload, requests that arrived while it drained start the runtime again. */
+  const wakeIfWaiting = Effect.flatMap(
+    update((s) => {
+      const due = s.lifecycle === "stopped" && s.unloadedIdle && !s.waking && s.slots.waiters.length > 0
+      return [due, due ? { ...s, waking: true } : s] as const
+    }),
+    (due) => (due ? startWake : Effect.void)
   )
 
   /** Steps 1–3 of the gate: a slot now, a place in the queue, or a refusal. Runs uninterruptibly but for the waits. */
-  const acquire = (restore: Restore): Effect.Effect<Running, RequestGate.EntryRefusal | QueueTimeoutError> =>
-    Effect.flatMap(enter, (ticket) => {
+  const acquire = (restore: Restore): Effect.Effect<Running, RequestGate.EntryRefusal | QueueTimeoutError | InsufficientResources> =>
+    Effect.flatMap(enter, (ticket): Effect.Effect<Running, RequestGate.EntryRefusal | QueueTimeoutError | InsufficientResources> => {
       switch (ticket._tag) {
         case "admitted":
           return Effect.succeed(ticket.running)
         case "refused":
           return Effect.fail(ticket.error)
-        case "reload":
-          return Effect.zipRight(restore(reloadIdle), Effect.suspend(() => acquire(restore)))
         case "queued": {
           const { waiter } = ticket
           const wait = Option.match(config.admission.queueTimeout, {
@@ -386,12 +458,15 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
             onSome: (duration) =>
               Effect.timeoutFail(waiter.deferred, { duration, onTimeout: () => new QueueTimeoutError({ reason: "queue_timeout" }) })
           })
-          return restore(wait).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : leave(waiter))))
+          return (ticket.wake ? startWake : Effect.void).pipe(
+            Effect.zipRight(restore(wait)),
+            Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : leave(waiter)))
+          )
         }
       }
     })
 
-  const countRejection = (error: RunFailure) => Metric.increment(Metric.tagged(metrics.rejections, "reason", error.reason))
+  const countRejection = (error: RunFailure) => Metric.increment(Metric.tagged(m.rejections, "reason", error.reason))
 
   /**
    * The observation, shared by every request within `maxObservationAge`. A failed one reaches those
@@ -408,6 +483,10 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
           Effect.forkDaemon(Effect.tapError(running.observation.get(undefined), () => running.observation.invalidate(undefined))),
           Fiber.join
         )).pipe(
+      Effect.map((o) => {
+        running.observed = o
+        return o
+      }),
       Effect.mapError((e): ObservationFailure | RuntimeExitedError =>
         e.reason === "process_gone" ? running.gone ?? new RuntimeExitedError({ reason: "runtime_exited" }) : (e as ObservationFailure)
       )
@@ -419,7 +498,7 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       restore(observe(running)).pipe(
         Effect.flatMap((o) => RequestGate.checkResources(o, config.resources)),
         Effect.onError(() => release),
-        Effect.zipRight(Metric.increment(metrics.admissions)),
+        Effect.zipRight(Metric.increment(m.admissions)),
         Effect.as(running)
       )).pipe(Effect.tapError(countRejection))
 
@@ -454,46 +533,75 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
   // Drain, idle unload, status
   // -------------------------------------------------------------------------------------------
 
+  /**
+   * The rest of a drain, begun: wait for in-flight work up to `deadline`, stop the runtime, `stopped`.
+   * Work still running past the deadline fails now instead of hanging on a dying process.
+   */
+  const finishDrain = (restore: Restore, deadline: Duration.DurationInput) =>
+    Effect.gen(function*() {
+      const idle = defined((yield* Ref.get(ref)).slots.idle)
+      const waited = yield* Effect.exit(restore(Effect.timeout(Deferred.await(idle), deadline)))
+      const { running } = yield* Ref.get(ref)
+      if (running !== undefined) {
+        yield* retire(running, "runtime_stopped")
+        yield* Scope.close(running.scope, Exit.void)
+      }
+      yield* transition("stopped", (s) => ({ running: undefined, slots: SlotGate.forgetIdle(s.slots) }))
+      if (Exit.isFailure(waited) && Cause.isInterruptedOnly(waited.cause)) return yield* Effect.interrupt
+    })
+
   // Uninterruptible but for the wait: an interrupted drain stops the runtime at once and still ends in `stopped`.
   const drainLocked = (deadline: Duration.DurationInput) =>
     Effect.uninterruptibleMask((restore) =>
-      Effect.gen(function*() {
-        yield* transition("drain", (s) => ({ slots: SlotGate.whenIdle(SlotGate.refuseAll(s.slots, notReady()))[1] }))
-        const idle = defined((yield* Ref.get(ref)).slots.idle)
-        const waited = yield* Effect.exit(restore(Effect.timeout(Deferred.await(idle), deadline)))
-        const { running } = yield* Ref.get(ref)
-        if (running !== undefined) {
-          // Work still running past the deadline fails now instead of hanging on a dying process.
-          yield* retire(running, "runtime_stopped")
-          yield* Scope.close(running.scope, Exit.void)
-        }
-        yield* transition("stopped", (s) => ({ running: undefined, slots: SlotGate.forgetIdle(s.slots) }))
-        if (Exit.isFailure(waited) && Cause.isInterruptedOnly(waited.cause)) return yield* Effect.interrupt
-      })
+      Effect.zipRight(
+        transition("drain", (s) => ({ slots: SlotGate.whenIdle(SlotGate.refuseAll(s.slots, notReady()))[1] })),
+        finishDrain(restore, deadline)
+      )
     )
 
   const drain: RuntimeManagerService["drain"] = Effect.fn("RuntimeManager.drain")(function*(deadline: Duration.DurationInput) {
     yield* lifecycleLock.withPermits(1)(drainLocked(deadline))
   })
 
+  /**
+   * `ready → draining` only if, in the same atomic step, nothing is in flight or queued and nothing
+   * has entered for `minIdleMillis`: no request is admitted between the look and the drain. The
+   * runtime is then loaded on demand; requests arriving meanwhile queue for that.
+   */
+  const beginUnload = (minIdleMillis: number) =>
+    Effect.flatMap(
+      update((s, now): readonly [LifecycleChange | undefined, State] => {
+        const idle = s.lifecycle === "ready" && s.running?.gone === undefined && s.slots.admission.inFlight === 0 &&
+          s.slots.admission.queued === 0 && now - s.lastActivity >= minIdleMillis
+        const next = Lifecycle.transition(s.lifecycle, "drain")
+        if (!idle || Either.isLeft(next)) return [undefined, s]
+        return [{ state: next.right, at: now }, {
+          ...s,
+          lifecycle: next.right,
+          since: now,
+          unloadedIdle: true,
+          slots: SlotGate.whenIdle(s.slots)[1]
+        }]
+      }),
+      (change) => (change === undefined ? Effect.succeed(false) : Effect.as(SubscriptionRef.set(lifecycleChanges, change), true))
+    )
+
+  const unloadLocked = (minIdleMillis: number) =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        if (!(yield* beginUnload(minIdleMillis))) return false
+        yield* finishDrain(restore, Duration.zero)
+        yield* wakeIfWaiting
+        return true
+      })
+    )
+
+  // From `draining`, `stopped` is always a transition the table has.
+  const unloadIfIdle: RuntimeManagerService["unloadIfIdle"] = Effect.orDie(lifecycleLock.withPermits(1)(unloadLocked(0)))
+
   const idleUnload = (ttl: Duration.Duration) =>
-    Effect.gen(function*() {
-      const s = yield* Ref.get(ref)
-      const now = yield* Clock.currentTimeMillis
-      const idle = s.lifecycle === "ready" && s.slots.admission.inFlight === 0 && s.slots.admission.queued === 0 &&
-        now - s.lastActivity >= Duration.toMillis(ttl)
-      if (!idle) return
-      yield* lifecycleLock.withPermits(1)(
-        Effect.gen(function*() {
-          // Checked again under the lock: a request may have arrived meanwhile.
-          const again = yield* Ref.get(ref)
-          if (again.lifecycle !== "ready" || again.slots.admission.inFlight > 0 || again.slots.admission.queued > 0) return
-          yield* drainLocked(Duration.zero)
-          yield* update((s) => [undefined, { ...s, unloadedIdle: true }] as const)
-          yield* Effect.logInfo("runtime unloaded after its idle time")
-        })
-      ).pipe(Effect.ignore)
-    })
+    Effect.flatMap(Effect.orDie(lifecycleLock.withPermits(1)(unloadLocked(Duration.toMillis(ttl)))), (unloaded) =>
+      unloaded ? Effect.logInfo("runtime unloaded after its idle time") : Effect.void)
 
   if (Option.isSome(config.idleTtl)) {
     const ttl = config.idleTtl.value
@@ -511,7 +619,11 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       inFlight: s.slots.admission.inFlight,
       queued: s.slots.admission.queued,
       restarts: s.restarts,
-      circuitOpen: Circuit.isOpen(s.circuit, now)
+      circuitOpen: Circuit.isOpen(s.circuit, now),
+      lastActivity: s.lastActivity,
+      ramBytes: s.running?.observed?.ramBytes ?? 0,
+      vramBytes: s.running?.observed?.vramBytes ?? 0,
+      onDemand: s.unloadedIdle
     }
   })
 
@@ -523,7 +635,8 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
     drain,
     status,
     changes,
-    available: Effect.map(Ref.get(ref), (s) => Lifecycle.canServe(s.lifecycle))
+    available: Effect.map(Ref.get(ref), (s) => Lifecycle.canServe(s.lifecycle)),
+    unloadIfIdle
   }
   return service
 })
@@ -531,5 +644,17 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
 /** The manager with a configuration given in code. */
 export const layer = (config: RuntimeManagerConfig) => Layer.scoped(RuntimeManager, make(config))
 
-/** The manager, configured from `CompanionConfig`. */
-export const layerConfig = Layer.scoped(RuntimeManager, Effect.flatMap(readConfig, make))
+/**
+ * The manager's configuration for one model of a `CompanionConfig` (the first when none is named):
+ * that model's name, kind, slots, context, threads and idle time over the shared settings.
+ */
+export const configFrom = (config: CompanionConfig, model: ModelConfig = firstModel(config)): RuntimeManagerConfig => ({
+  ...config,
+  model: { spec: model.spec, source: model.source, name: model.name, kind: model.kind, onDemand: !model.preload },
+  admission: { ...config.admission, maxInFlight: model.parallel },
+  idleTtl: model.idleTtl,
+  runtime: { contextSize: model.contextSize, threads: model.threads }
+})
+
+/** The manager, configured from `CompanionConfig` (its first model: several are a `ModelPool`'s). */
+export const layerConfig = Layer.scoped(RuntimeManager, Effect.flatMap(readConfig, (config) => make(configFrom(config))))

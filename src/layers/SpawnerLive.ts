@@ -31,10 +31,10 @@ import { connect, createServer } from "node:net"
 import { FileSystem } from "@effect/platform"
 import { NodeStream } from "@effect/platform-node"
 import { Config, ConfigProvider, Deferred, Duration, Effect, Layer, Option, Redacted, Schedule, Stream, SynchronizedRef } from "effect"
-import { type CompanionConfig, defaultEnvAllowlist, readConfig } from "../config/Config.js"
+import { type CompanionConfig, defaultEnvAllowlist, firstModel, readConfig } from "../config/Config.js"
 import { SpawnError } from "../services/Errors.js"
 import type { VerifiedModel } from "../services/ModelStore.js"
-import { type ExitStatus, type RuntimeHandle, type RuntimeKind, Spawner } from "../services/Spawner.js"
+import { type ExitStatus, type RuntimeHandle, type RuntimeKind, Spawner, type SpawnOptions } from "../services/Spawner.js"
 import * as VerifiedModels from "./internal/VerifiedModels.js"
 
 export { defaultEnvAllowlist }
@@ -56,6 +56,8 @@ export interface SpawnerOptions {
   readonly threads?: number | undefined
   /** A vetted chat template the runtime uses instead of the model's (`--chat-template-file`). */
   readonly chatTemplateFile?: string | undefined
+  /** Serve embeddings (`--embeddings --pooling <pooling>`). */
+  readonly embeddings?: { readonly pooling: "mean" | "cls" | "last" } | undefined
   /** Names of the parent's variables the child may see. Default: `defaultEnvAllowlist`. */
   readonly envAllowlist?: ReadonlyArray<string> | undefined
   /** The parent's environment to pick from. Default: the process environment, read through `ConfigProvider.fromEnv`. */
@@ -117,6 +119,12 @@ const readHelp = (binary: string, env: Record<string, string>) =>
     return Effect.sync(() => child.kill("SIGKILL"))
   })
 
+/** The layer's options with what one spawn sets over them (each only when given). */
+export const withSpawn = (options: SpawnerOptions, perSpawn: SpawnOptions): SpawnerOptions => ({
+  ...options,
+  ...Object.fromEntries(Object.entries(perSpawn).filter(([, value]) => value !== undefined))
+})
+
 /** The runtime's arguments; the key is never among them, and the model is the inherited descriptor. */
 export const runtimeArgs = (options: SpawnerOptions, flags: ReadonlySet<string> = new Set()): Array<string> =>
   options.kind === "ollama"
@@ -136,6 +144,7 @@ export const runtimeArgs = (options: SpawnerOptions, flags: ReadonlySet<string> 
       ...(options.contextSize !== undefined ? ["--ctx-size", String(options.contextSize)] : []),
       ...(options.threads !== undefined ? ["--threads", String(options.threads)] : []),
       ...(options.chatTemplateFile !== undefined ? ["--chat-template-file", options.chatTemplateFile] : []),
+      ...(options.embeddings !== undefined ? ["--embeddings", "--pooling", options.embeddings.pooling] : []),
       ...HARDENING_FLAGS.filter((flag) => flags.has(flag))
     ]
 
@@ -277,14 +286,14 @@ export const make = (options: SpawnerOptions) =>
           ))
       : Effect.succeed(new Set<string>())
 
-    const spawnOnce = (model: VerifiedModel, port: number | undefined) =>
+    const spawnOnce = (model: VerifiedModel, port: number | undefined, perSpawn: SpawnOptions) =>
       Effect.gen(function*() {
         const key = randomBytes(32).toString("base64url")
         const env = {
           ...baseEnv,
           ...(options.kind === "llama.cpp" ? { LLAMA_API_KEY: key } : { OLLAMA_HOST: `127.0.0.1:${port}` })
         }
-        const args = ["--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(options, yield* flags)]
+        const args = ["--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(withSpawn(options, perSpawn), yield* flags)]
         const started = yield* start(setpriv.value, args, env, options.kind === "llama.cpp" ? model.descriptor : undefined, stopGrace)
         const { child, exitStatus, pid } = started
         const exited = Effect.promise(() => exitStatus)
@@ -328,17 +337,20 @@ export const make = (options: SpawnerOptions) =>
         return handle
       })
 
-    const spawnVerified = (model: VerifiedModel) =>
+    const spawnVerified = (model: VerifiedModel, perSpawn: SpawnOptions) =>
       options.kind === "llama.cpp"
-        ? spawnOnce(model, undefined)
-        : Effect.flatMap(freePort, (port) => spawnOnce(model, port)).pipe(
+        ? spawnOnce(model, undefined, perSpawn)
+        : Effect.flatMap(freePort, (port) => spawnOnce(model, port, perSpawn)).pipe(
           // The port found free may be taken by the time Ollama binds it: try a new one.
           Effect.retry({ times: 2, while: (e) => e.reason === "exited_early" })
         )
 
     // Only a model the store minted, whose descriptor is open and whose file has not changed since.
-    const spawn = (model: VerifiedModel) =>
-      Effect.flatMap(VerifiedModels.stillVerified(model), (ok) => (ok ? spawnVerified(model) : Effect.fail(new SpawnError({ reason: "unverified_model" }))))
+    const spawn = (model: VerifiedModel, perSpawn: SpawnOptions = {}) =>
+      Effect.flatMap(
+        VerifiedModels.stillVerified(model),
+        (ok) => (ok ? spawnVerified(model, perSpawn) : Effect.fail(new SpawnError({ reason: "unverified_model" })))
+      )
 
     return Spawner.of({ spawn })
   })
@@ -353,7 +365,7 @@ export const optionsFrom = (config: CompanionConfig): SpawnerOptions => ({
   kind: config.runtime.kind,
   binary: config.runtime.binary,
   parallel: config.admission.maxInFlight,
-  alias: config.model.name,
+  alias: firstModel(config).name,
   maxTokens: config.gateway.maxTokens,
   contextSize: Option.getOrUndefined(config.runtime.contextSize),
   threads: Option.getOrUndefined(config.runtime.threads),

@@ -6,7 +6,7 @@
 import { Context, Deferred, Duration, Effect, Layer, Redacted, Ref } from "effect"
 import { SpawnError } from "../services/Errors.js"
 import type { VerifiedModel } from "../services/ModelStore.js"
-import { type ExitStatus, type RuntimeHandle, Spawner } from "../services/Spawner.js"
+import { type ExitStatus, type RuntimeHandle, Spawner, type SpawnOptions } from "../services/Spawner.js"
 import * as VerifiedModels from "./internal/VerifiedModels.js"
 
 export type Signal = "SIGTERM" | "SIGKILL"
@@ -14,6 +14,8 @@ export type Signal = "SIGTERM" | "SIGKILL"
 export interface FakeRuntime {
   readonly pid: number
   readonly model: VerifiedModel
+  /** What the spawn was asked to set (alias, slots, context, embeddings). */
+  readonly options: SpawnOptions
   readonly handle: RuntimeHandle
   /** Signals sent to it, in order. */
   readonly signals: Effect.Effect<ReadonlyArray<Signal>>
@@ -49,7 +51,7 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
     const nextFailure = yield* Ref.make<SpawnError | undefined>(undefined)
     const behaviour = yield* Ref.make<SpawnerBehaviour>({ ignoreSigterm: false, exitAfterSigterm: Duration.zero, baseUrl: undefined })
 
-    const makeProcess = (model: VerifiedModel, pid: number) =>
+    const makeProcess = (model: VerifiedModel, pid: number, options: SpawnOptions) =>
       Effect.gen(function*() {
         const baseUrl = (yield* Ref.get(behaviour)).baseUrl ?? `http://127.0.0.1:${40_000 + pid}`
         const exited = yield* Deferred.make<ExitStatus>()
@@ -88,6 +90,7 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
         const fake: FakeRuntime = {
           pid,
           model,
+          options,
           handle,
           signals: Ref.get(signals),
           alive: Effect.map(Deferred.isDone(exited), (done) => !done),
@@ -97,13 +100,13 @@ export const layer: Layer.Layer<Spawner | SpawnerControl> = Layer.effectContext(
       })
 
     const spawner = Spawner.of({
-      spawn: (model) =>
+      spawn: (model, options = {}) =>
         Effect.gen(function*() {
           if (!(yield* VerifiedModels.stillVerified(model))) return yield* new SpawnError({ reason: "unverified_model" })
           const failure = yield* Ref.getAndSet(nextFailure, undefined)
           if (failure !== undefined) return yield* failure
           const pid = 1000 + (yield* Ref.get(spawned)).length
-          const { fake } = yield* Effect.acquireRelease(makeProcess(model, pid), ({ kill }) => kill)
+          const { fake } = yield* Effect.acquireRelease(makeProcess(model, pid, options), ({ kill }) => kill)
           yield* Ref.update(spawned, (all) => [...all, fake])
           return fake.handle
         })

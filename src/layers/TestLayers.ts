@@ -6,6 +6,7 @@
  */
 import { Layer } from "effect"
 import * as HealthProbeTest from "./HealthProbeTest.js"
+import * as ModelPoolLive from "./ModelPoolLive.js"
 import * as ModelStoreTest from "./ModelStoreTest.js"
 import * as ResourceStatTest from "./ResourceStatTest.js"
 import * as RuntimeManagerLive from "./RuntimeManagerLive.js"
@@ -14,9 +15,11 @@ import * as SpawnerTest from "./SpawnerTest.js"
 /** ModelStore, Downloader, StoreFileSystem (and FileSystem, Path), with their controls. */
 export const store = ModelStoreTest.layer
 
-/** RuntimeManager and ModelStore over every service in memory, with their controls. */
-export const layer = RuntimeManagerLive.layerConfig.pipe(
-  Layer.provideMerge(store),
-  Layer.provideMerge(Layer.mergeAll(SpawnerTest.layer, HealthProbeTest.layer, ResourceStatTest.layer))
-)
+const services = Layer.mergeAll(SpawnerTest.layer, HealthProbeTest.layer, ResourceStatTest.layer)
+
+/** RuntimeManager (the first model's) and ModelStore over every service in memory, with their controls. */
+export const layer = RuntimeManagerLive.layerConfig.pipe(Layer.provideMerge(store), Layer.provideMerge(services))
+
+/** ModelPool (every configured model, one budget) and ModelStore over every service in memory, with their controls. */
+export const pool = ModelPoolLive.layerConfig.pipe(Layer.provideMerge(store), Layer.provideMerge(services))
 

@@ -129,6 +129,7 @@ const gatewayMessages = {
   field_not_allowed: "The request body sets a field that controls the runtime's internals.",
   request_too_large: "The request has more messages, characters or tools than allowed.",
   model_not_found: "The requested model is not served here.",
+  wrong_model_kind: "The requested model does not serve this route (a chat model for chat and completions, an embedding model for embeddings).",
   invalid_host: "The request must carry exactly one Host header.",
   upstream_failed: "The runtime did not answer the request.",
   generation_timeout: "The answer took longer than the generation deadline."
@@ -136,3 +137,8 @@ const gatewayMessages = {
 
 /** Refusals of the loopback gateway itself, before or around a request to the runtime. */
 export class GatewayError extends ReasonError("GatewayError", gatewayMessages) {}
+
+/** A pool asked for a model it does not hold. */
+export class PoolError extends ReasonError("PoolError", {
+  model_not_found: "The requested model is not served here."
+}) {}

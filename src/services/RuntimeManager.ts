@@ -3,11 +3,12 @@
  * it. The model comes from the `ModelStore`; the process from the `Spawner`.
  */
 import type * as Gguf from "../domain/Gguf.js"
+import type * as MemoryFit from "../domain/MemoryFit.js"
 import type * as ModelPolicy from "../domain/ModelPolicy.js"
-import { Context, type Duration, type Effect, Metric, type Option, type Redacted, type Stream } from "effect"
+import { Context, type Duration, type Effect, Metric, type Option, type Redacted, type Scope, type Stream } from "effect"
 import type * as Admission from "../domain/Admission.js"
 import type * as Circuit from "../domain/Circuit.js"
-import type { Refusal } from "../domain/Errors.js"
+import type { Refusal, ResourceError } from "../domain/Errors.js"
 import type { ModelSpec } from "../domain/Integrity.js"
 import type * as Lifecycle from "../domain/Lifecycle.js"
 import type * as ResourcePolicy from "../domain/ResourcePolicy.js"
@@ -33,6 +34,13 @@ export interface ManagerStatus {
   readonly queued: number
   readonly restarts: number
   readonly circuitOpen: boolean
+  /** When a request last entered or left (epoch milliseconds). */
+  readonly lastActivity: number
+  /** The runtime's last measured RAM and VRAM (0 before any measurement, and when not running). */
+  readonly ramBytes: number
+  readonly vramBytes: number
+  /** Stopped but loaded again by the next request (unloaded while idle, or not preloaded). */
+  readonly onDemand: boolean
 }
 
 /** Why `start` failed: the model, the lifecycle (already starting or started), the process, its health, the circuit. */
@@ -44,9 +52,14 @@ export type StartFailure =
   | SpawnError
   | StartError
   | Circuit.CircuitOpen
+  | InsufficientResources
+
+/** The memory budget of a pool has no room for the model now (see `ModelPool`). */
+export type InsufficientResources = Refusal<ResourceError, "insufficient_resources">
 
 /** Every way `run` refuses or fails a request, and no other (the request's own errors aside). */
 export type RunFailure =
+  | InsufficientResources
   | Circuit.CircuitOpen
   | Lifecycle.NotReady
   | Admission.QueueFull
@@ -72,13 +85,28 @@ export interface RuntimeManagerService {
   readonly changes: Stream.Stream<LifecycleChange>
   /** True only in `ready`. */
   readonly available: Effect.Effect<boolean>
+  /**
+   * Stop the runtime if, at this moment, it is ready with nothing in flight or queued; the next
+   * request loads it again. Atomic with admission: a request admitted first keeps it running
+   * (`false`), one arriving after waits for the reload. What a pool's eviction calls.
+   */
+  readonly unloadIfIdle: Effect.Effect<boolean>
 }
 
 export class RuntimeManager extends Context.Tag("companion-runtime/RuntimeManager")<RuntimeManager, RuntimeManagerService>() {}
 
 /** The part of the configuration the manager reads (a `CompanionConfig` is one). */
 export interface RuntimeManagerConfig {
-  readonly model: { readonly spec: ModelSpec; readonly source: URL }
+  readonly model: {
+    readonly spec: ModelSpec
+    readonly source: URL
+    /** What clients call it (the runtime's `--alias`); the spawner's own when absent. Labels its metrics. */
+    readonly name?: string | undefined
+    /** `embedding`: the runtime serves embeddings, with the model's pooling (or mean). Default `chat`. */
+    readonly kind?: "chat" | "embedding" | undefined
+    /** Not started with the service: the first request loads it. Default false. */
+    readonly onDemand?: boolean | undefined
+  }
   readonly admission: Admission.AdmissionLimits & { readonly queueTimeout: Option.Option<Duration.Duration> }
   readonly resources: ResourcePolicy.ResourceLimits
   /** How long one resource observation serves the requests that follow. */
@@ -107,11 +135,20 @@ export interface RuntimeManagerConfig {
     readonly chatTemplateFile: Option.Option<string>
   }
   /** The runtime's context size (`-c`), for the memory estimate: the model's own when none. */
-  readonly runtime: { readonly contextSize: Option.Option<number> }
+  readonly runtime: { readonly contextSize: Option.Option<number>; readonly threads?: Option.Option<number> | undefined }
   /** Caps on the model's GGUF header. */
   readonly gguf: Gguf.GgufCaps
 }
 
+/**
+ * What a pool asks of each of its managers: before the spawn, with the model's memory estimate, a
+ * share of the budget held while `Scope` is open (the runtime's life), or a refusal.
+ */
+export interface ManagerHooks {
+  readonly reserve?: ((estimate: MemoryFit.Estimate) => Effect.Effect<void, InsufficientResources, Scope.Scope>) | undefined
+}
+
+/** The manager's metrics; a named model's carry a `model` label. */
 export const metrics = {
   admissions: Metric.counter("companion_runtime_admissions_total", { description: "Requests admitted by the gate" }),
   rejections: Metric.counter("companion_runtime_rejections_total", { description: "Requests refused, by reason" }),

@@ -28,6 +28,18 @@ export interface RuntimeHandle {
   readonly output: Effect.Effect<ReadonlyArray<string>>
 }
 
+/** What one spawn sets for its model, over the layer's options: the pool runs each model its own way. */
+export interface SpawnOptions {
+  /** The name the runtime answers with (`--alias`). */
+  readonly alias?: string | undefined
+  /** Slots (`--parallel`). */
+  readonly parallel?: number | undefined
+  readonly contextSize?: number | undefined
+  readonly threads?: number | undefined
+  /** Serve embeddings (`--embeddings --pooling <pooling>`). */
+  readonly embeddings?: { readonly pooling: "mean" | "cls" | "last" } | undefined
+}
+
 /**
  * Starts the inference runtime for a model the store verified, and nothing else (`unverified_model`).
  * The handle is scoped: closing the scope kills the process group if it is still alive and waits
@@ -35,5 +47,7 @@ export interface RuntimeHandle {
  */
 export class Spawner extends Context.Tag("companion-runtime/Spawner")<
   Spawner,
-  { readonly spawn: (model: VerifiedModel) => Effect.Effect<RuntimeHandle, SpawnError, Scope.Scope> }
+  {
+    readonly spawn: (model: VerifiedModel, options?: SpawnOptions) => Effect.Effect<RuntimeHandle, SpawnError, Scope.Scope>
+  }
 >() {}

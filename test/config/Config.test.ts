@@ -44,9 +44,32 @@ const full = {
     maxMessages: 9,
     maxCharacters: 10_000,
     maxTools: 3,
+    maxInputs: 17,
     generationTimeout: "90 seconds"
   }
 }
+
+/** The same settings with several models in place of the one: every key of a `models` entry set. */
+const { model: _one, ...shared } = full
+const several = {
+  ...shared,
+  models: {
+    "embed-small": {
+      ...MODEL,
+      kind: "embedding",
+      contextSize: 2048,
+      parallel: 2,
+      preload: true,
+      idleTtl: "5 minutes",
+      runtime: { threads: 2 }
+    }
+  }
+}
+
+/** A key of the schema as it is written in `several` (the record's entries are named by the user). */
+const named = (key: string) => key.replace("<name>", "embed-small")
+/** Which example sets a key: `model.*` the one-model example, everything else both (`models.*` only `several`). */
+const exampleFor = (key: string) => (key.startsWith("model.") ? full : several)
 
 type Json = { readonly [key: string]: unknown }
 
@@ -64,29 +87,36 @@ const flat = (json: Json, prefix = ""): Array<readonly [string, string]> =>
 const fromProvider = (provider: ConfigProvider.ConfigProvider) => Effect.withConfigProvider(CompanionConfig, provider)
 
 describe("one configuration", () => {
-  it("the full example sets every key the schema has", () => {
-    for (const key of keys()) assert.isDefined(at(full, key), `${key} is not set in the test's full config`)
-    assert.deepStrictEqual([...keys()].sort(), flat(full).map(([k]) => k).sort())
+  it("the full examples (one model, several) set every key the schema has", () => {
+    for (const key of keys()) assert.isDefined(at(exampleFor(key), named(key)), `${key} is not set in the test's full config`)
+    const written = new Set([...flat(full), ...flat(several)].map(([k]) => k.replace("embed-small", "<name>")))
+    assert.deepStrictEqual([...keys()].sort(), [...written].sort())
   })
 
   it.effect("every key decoded from a file equals the same key read through a ConfigProvider (JSON, and a flat map of text)", () =>
     Effect.gen(function*() {
+      for (const example of [full, several]) {
+        const fromFile = yield* decodeFile(example)
+        const fromJson = yield* fromProvider(ConfigProvider.fromJson(example))
+        const fromMap = yield* fromProvider(ConfigProvider.fromMap(new Map(flat(example)), { pathDelim: ".", seqDelim: "," }))
+        const written = encode(fromFile)
+        // Each way reads every key, and reads it as the file gives it.
+        for (const key of keys().filter((k) => example === full ? !k.startsWith("models.") : !k.startsWith("model."))) {
+          const path = named(key)
+          assert.deepStrictEqual(at(encode(fromJson) as Json, path), at(written as Json, path), key)
+          assert.deepStrictEqual(at(encode(fromMap) as Json, path), at(written as Json, path), key)
+          assert.deepStrictEqual(at(written as Json, path), at(example, path), key)
+        }
+      }
       const fromFile = yield* decodeFile(full)
       const fromJson = yield* fromProvider(ConfigProvider.fromJson(full))
       const fromMap = yield* fromProvider(ConfigProvider.fromMap(new Map(flat(full)), { pathDelim: ".", seqDelim: "," }))
-      const written = encode(fromFile)
-      // Each way reads every key, and reads it as the file gives it.
-      for (const key of keys()) {
-        assert.deepStrictEqual(at(encode(fromJson) as Json, key), at(written as Json, key), key)
-        assert.deepStrictEqual(at(encode(fromMap) as Json, key), at(written as Json, key), key)
-        assert.deepStrictEqual(at(written as Json, key), at(full, key), key)
-      }
       // Typed on the way in: durations, options, the token redacted, the model a checked spec and a URL.
       assert.isTrue(Duration.equals(fromMap.admission.queueTimeout.pipe(Option.getOrThrow), Duration.seconds(7)))
       assert.strictEqual(Redacted.value(Option.getOrThrow(fromJson.gateway.token)), "a-long-random-token")
       assert.notInclude(String(Option.getOrThrow(fromJson.gateway.token)), "a-long-random-token")
-      assert.instanceOf(fromFile.model.source, URL)
-      assert.strictEqual(fromFile.model.spec.sha256, MODEL.sha256)
+      assert.instanceOf(fromFile.model?.source, URL)
+      assert.strictEqual(fromFile.model?.spec.sha256, MODEL.sha256)
     }))
 
   it.effect("the same defaults both ways, and the queue timeout, idle unload, VRAM ceiling, context, threads and token are off unless set", () =>
@@ -190,8 +220,8 @@ describe("one configuration", () => {
   it.effect("model.name: by default the source's file name without its extension; a given one must be a plain name", () =>
     Effect.gen(function*() {
       const derived = yield* decodeFile({ model: MODEL, allowedSources: full.allowedSources })
-      assert.strictEqual(derived.model.name, "m")
-      assert.strictEqual((yield* fromProvider(ConfigProvider.fromJson({ model: MODEL, allowedSources: full.allowedSources }))).model.name, "m")
+      assert.strictEqual(derived.model?.name, "m")
+      assert.strictEqual((yield* fromProvider(ConfigProvider.fromJson({ model: MODEL, allowedSources: full.allowedSources }))).model?.name, "m")
       for (const bad of ["", "../etc", "/home/user/model", "a b", "x".repeat(65), "-flag", "name\n"]) {
         const error = yield* Effect.flip(decodeFile({ model: { ...MODEL, name: bad }, allowedSources: full.allowedSources }))
         assert.strictEqual(error.problems.length, 1, JSON.stringify(bad))
@@ -238,7 +268,7 @@ describe("docs/api.md: the defaults table", () => {
   )
   // The schema without its cross-field check, so defaults can be read from `{ model }` alone.
   const struct = CompanionConfigSchema.from
-  const defaults = Schema.encodeSync(struct)(Schema.decodeUnknownSync(struct)({ model: MODEL })) as Json
+  const defaults = Schema.encodeSync(struct)(Schema.decodeUnknownSync(struct)({ model: MODEL, models: { "embed-small": MODEL } })) as Json
 
   it("has a row for every key and no other", () => {
     assert.deepStrictEqual([...rows.keys()].sort(), [...keys()].sort())
@@ -247,8 +277,8 @@ describe("docs/api.md: the defaults table", () => {
   it("shows each key's default as the schema has it: required, off, or the value", () => {
     for (const key of keys()) {
       const cell = rows.get(key) ?? ""
-      const required = key.startsWith("model.") && key !== "model.name"
-      const value = at(defaults, key)
+      const required = (key.startsWith("model.") && key !== "model.name") || /^models\.<name>\.(sha256|sizeBytes|source)$/.test(key)
+      const value = at(defaults, named(key))
       if (key === "model.name") assert.strictEqual(cell, "derived", key)
       else if (required) assert.strictEqual(cell, "required", key)
       else if (value === undefined) assert.strictEqual(cell, "off", key)

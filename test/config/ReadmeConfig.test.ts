@@ -15,8 +15,8 @@ describe("README: the real-world config", () => {
   it.effect("is a valid config file, its model spec is well-formed and its source is allowed; Config reads it the same", () =>
     Effect.gen(function*() {
       const config = yield* decodeFile(shown)
-      assert.strictEqual(config.model.spec.sizeBytes, 532_517_120)
-      assert.isTrue(Either.isRight(Integrity.checkSource(config.model.source, config.allowedSources)))
+      assert.strictEqual(config.model?.spec.sizeBytes, 532_517_120)
+      assert.isTrue(config.model !== undefined && Either.isRight(Integrity.checkSource(config.model.source, config.allowedSources)))
       const viaProvider = yield* Effect.withConfigProvider(CompanionConfig, ConfigProvider.fromJson(shown))
       assert.deepStrictEqual(encode(viaProvider), encode(config))
     }))

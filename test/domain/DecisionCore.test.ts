@@ -25,7 +25,7 @@ const gate = (
   observation = calm
 ): Either.Either<RequestGate.Entry, RequestGate.GateRefusal> =>
   Either.flatMap(
-    RequestGate.enter({ now: 0, circuit: Circuit.closed, lifecycle, exiting: false, unloadedIdle: false, admission }),
+    RequestGate.enter({ now: 0, circuit: Circuit.closed, lifecycle, exiting: false, unloadedIdle: false, waking: false, admission }),
     (entry): Either.Either<RequestGate.Entry, RequestGate.GateRefusal> =>
       entry._tag === "admitted" ? Either.map(RequestGate.checkResources(observation, limits), () => entry) : Either.right(entry)
   )

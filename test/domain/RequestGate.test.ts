@@ -20,6 +20,7 @@ const good: RequestGate.EntryInput = {
   lifecycle: "ready",
   exiting: false,
   unloadedIdle: false,
+  waking: false,
   admission: admission(0, 0)
 }
 const limits = { maxRamBytes: 4 * GiB, maxCpuPercent: 90 }
@@ -57,9 +58,17 @@ describe("RequestGate.enter", () => {
     assertLeft(RequestGate.enter({ ...good, exiting: true }), "LifecycleError", "not_ready")
   })
 
-  it("a runtime stopped for idleness is reloaded by the next request; stopped otherwise is not_ready", () => {
-    assert.deepStrictEqual(assertRight(RequestGate.enter({ ...good, lifecycle: "stopped", unloadedIdle: true })), { _tag: "reload" })
-    assertLeft(RequestGate.enter({ ...good, lifecycle: "starting", unloadedIdle: true }), "LifecycleError", "not_ready")
+  it("a runtime loaded on demand: the first request queues and starts it, the rest queue until it is ready; stopped otherwise is not_ready", () => {
+    assert.deepStrictEqual(assertRight(RequestGate.enter({ ...good, lifecycle: "stopped", unloadedIdle: true })), { _tag: "reload", admission: admission(0, 1) })
+    // A load already under way, starting, or an eviction draining: wait for it, even with slots free.
+    assert.deepStrictEqual(assertRight(RequestGate.enter({ ...good, lifecycle: "stopped", unloadedIdle: true, waking: true })), { _tag: "queued", admission: admission(0, 1) })
+    for (const lifecycle of ["starting", "draining"] as const) {
+      assert.deepStrictEqual(assertRight(RequestGate.enter({ ...good, lifecycle, unloadedIdle: true, admission: admission(0, 1) })), { _tag: "queued", admission: admission(0, 2) })
+    }
+    // The wait is bounded by the queue.
+    assertLeft(RequestGate.enter({ ...good, lifecycle: "stopped", unloadedIdle: true, admission: admission(0, 2) }), "AdmissionError", "queue_full")
+    assertLeft(RequestGate.enter({ ...good, lifecycle: "starting", unloadedIdle: true, admission: admission(0, 2) }), "AdmissionError", "queue_full")
+    assertLeft(RequestGate.enter({ ...good, lifecycle: "starting" }), "LifecycleError", "not_ready")
   })
 
   it.prop("admits only when the circuit is closed, the runtime ready and alive, and a slot free; never past a bound", [
@@ -69,6 +78,7 @@ describe("RequestGate.enter", () => {
       lifecycle: fc.constantFrom(...Lifecycle.LifecycleState.literals),
       exiting: fc.boolean(),
       unloadedIdle: fc.boolean(),
+      waking: fc.boolean(),
       maxInFlight: fc.integer({ min: 1, max: 4 }),
       queueBound: fc.integer({ min: 0, max: 4 }),
       inFlightShare: fc.double({ min: 0, max: 1, noNaN: true }),
@@ -83,14 +93,15 @@ describe("RequestGate.enter", () => {
       lifecycle: r.lifecycle,
       exiting: r.exiting,
       unloadedIdle: r.unloadedIdle,
+      waking: r.waking,
       admission: admission(inFlight, queued, r.maxInFlight, r.queueBound)
     }
     const result = RequestGate.enter(input)
     const circuitOpen = r.openUntil !== undefined && r.now < r.openUntil
     const expected = circuitOpen
       ? "circuit_open"
-      : r.unloadedIdle && r.lifecycle === "stopped"
-      ? "reload"
+      : r.unloadedIdle && r.lifecycle !== "ready"
+      ? (queued >= r.queueBound ? "queue_full" : r.lifecycle === "stopped" && !r.waking ? "reload" : "queued")
       : r.lifecycle !== "ready" || r.exiting
       ? "not_ready"
       : inFlight < r.maxInFlight
@@ -99,7 +110,7 @@ describe("RequestGate.enter", () => {
       ? "queued"
       : "queue_full"
     assert.strictEqual(Either.isRight(result) ? result.right._tag : result.left.reason, expected)
-    if (Either.isRight(result) && result.right._tag !== "reload") {
+    if (Either.isRight(result)) {
       assert.isAtMost(result.right.admission.inFlight, r.maxInFlight)
       assert.isAtMost(result.right.admission.queued, r.queueBound)
     }

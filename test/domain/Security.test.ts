@@ -66,7 +66,7 @@ describe("scan: no rejection carries its input", () => {
     assertNoLeak(ResourcePolicy.evaluateResources({ ramBytes: 1, vramBytes: 0, cpuPercent: 77.123 }, limits), odd)
     assertNoLeak(Circuit.check({ failures: [31337], openUntil: 4242424242 }, 31337), odd)
     const admission = { maxInFlight: 31337, queueBound: 31337, inFlight: 31337, queued: 31337 }
-    const input = { now: 31337, circuit: Circuit.closed, lifecycle: "ready", exiting: false, unloadedIdle: false, admission } as const
+    const input = { now: 31337, circuit: Circuit.closed, lifecycle: "ready", exiting: false, unloadedIdle: false, waking: false, admission } as const
     assertNoLeak(RequestGate.enter(input), odd)
     assertNoLeak(RequestGate.enter({ ...input, lifecycle: "draining" }), odd)
     assertNoLeak(RequestGate.checkResources({ ramBytes: 4242424242, vramBytes: 0, cpuPercent: 77.123 }, limits), odd)
@@ -116,10 +116,11 @@ describe("fail-closed posture", () => {
 describe("no ambient authority", () => {
   it("the public API is exactly this list: decisions, errors, service tags and layers", () => {
     assert.deepStrictEqual(Object.keys(Api).sort(), [
-      "Admission", "AdmissionError", "Circuit", "CircuitOpenError", "CompanionConfig", "DownloadError", "Downloader",
+      "Admission", "AdmissionError", "Budget", "Circuit", "CircuitOpenError", "CompanionConfig", "DownloadError", "Downloader",
       "DownloaderLive", "DownloaderTest", "Gateway", "GatewayError", "Gguf", "GgufError", "HealthError", "HealthProbe", "HealthProbeLive",
       "HealthProbeTest", "Hub", "HubClient", "HubClientLive", "HubError", "Integrity", "IntegrityError", "Lifecycle", "LifecycleError", "LiveLayers", "MemoryFileSystem", "MemoryFit",
-      "ModelFixtures", "ModelPolicy", "ModelStore", "ModelStoreError", "ModelStoreLive", "ModelStoreTest", "PolicyError", "QueueTimeoutError", "RequestGate",
+      "ModelFixtures", "ModelPolicy", "ModelPool", "ModelPoolLive", "ModelStore", "ModelStoreError", "ModelStoreLive", "ModelStoreTest", "PolicyError", "PoolError",
+      "QueueTimeoutError", "RequestGate",
       "ResourceError", "ResourcePolicy", "ResourceStat", "ResourceStatError", "ResourceStatLive", "ResourceStatTest",
       "RuntimeExitedError", "RuntimeManager", "RuntimeManagerLive", "SpawnError", "Spawner", "SpawnerLive", "SpawnerTest",
       "StartError", "StoreFileError", "StoreFileSystem", "StoreFileSystemLive", "TestLayers", "transientDownloadReasons"
@@ -136,7 +137,8 @@ describe("no ambient authority", () => {
     assert.deepStrictEqual(exported(Api.ResourcePolicy), ["ResourceLimits", "checkLimits", "evaluateResources"])
     assert.deepStrictEqual(exported(Api.Gguf), ["GgufError", "TENSOR_TYPES", "defaultCaps", "read", "summarize"])
     assert.deepStrictEqual(exported(Api.MemoryFit), ["CELL_ROUND", "OVERHEAD_BYTES", "UBATCH", "cellsFor", "estimate", "fits"])
-    assert.deepStrictEqual(exported(Api.ModelPolicy), ["DEFAULT_ARCHITECTURES", "PolicyError", "check", "preflight"])
+    assert.deepStrictEqual(exported(Api.ModelPolicy), ["DEFAULT_ARCHITECTURES", "PolicyError", "check", "embeddingPooling", "preflight"])
+    assert.deepStrictEqual(exported(Api.Budget), ["cost", "plan"])
     assert.deepStrictEqual(exported(Api.Hub), [
       "DEFAULT_HUB", "DEFAULT_STORAGE_HOSTS", "applyPin", "commitOf", "crossCheck", "headFacts", "isCommit", "isRepoFile", "isRepoId", "isRevision",
       "lfsOf", "normalizeEtag", "parseHub", "parseResolveUrl", "pathsInfoUrl", "resolvePrefix", "resolveUrl", "revisionUrl", "takesEnvironmentToken"

@@ -13,12 +13,12 @@ import { RuntimeManager } from "../../src/services/RuntimeManager.js"
 import { call, crashRuntime, errorType, gateway, oneInFlight, portOf, slotsFreed, standIn, start, statusUntil } from "./gatewayHarness.js"
 
 describe("Gateway (in-memory manager, real socket)", () => {
-  it.live("answers 404 for every path and method outside the four routes", () =>
+  it.live("answers 404 for every path and method outside the five routes", () =>
     Effect.gen(function*() {
       const port = yield* portOf
       const probes: Array<[string, string]> = [
         ["GET", "/"], ["GET", "/v1/completions"], ["POST", "/health"], ["DELETE", "/v1/models"],
-        ["POST", "/v1/embeddings"], ["GET", "/props"], ["POST", "/slots"], ["GET", "/metrics"],
+        ["GET", "/v1/embeddings"], ["POST", "/v1/embeddings/"], ["POST", "/embeddings"], ["GET", "/props"], ["POST", "/slots"], ["GET", "/metrics"],
         ["GET", "/v1/models/../../etc/passwd"], ["PUT", "/v1/chat/completions"], ["GET", "/HEALTH"],
         // Exact matches only: no other spelling of a route reaches it.
         ["GET", "/health/"], ["GET", "//health"], ["GET", "/v1/%6dodels"], ["POST", "/v1/chat//completions"],

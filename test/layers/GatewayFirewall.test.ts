@@ -16,7 +16,7 @@ import { call, type Answer, gateway, portOf, slotsFreed, standIn, start } from "
 
 const NAME = "companion-small"
 const CAP = 100
-const options = { modelName: NAME, maxTokens: CAP, maxMessages: 4, maxCharacters: 2_000, maxTools: 2 }
+const options = { modelName: NAME, models: [{ name: NAME, kind: "chat" as const }], maxTokens: CAP, maxMessages: 4, maxCharacters: 2_000, maxTools: 2 }
 
 const user = (content: unknown) => ({ role: "user", content })
 const chat = (extra: Record<string, unknown> = {}) => ({ messages: [user("hi")], ...extra })
@@ -190,12 +190,15 @@ describe("Gateway firewall (in-memory manager, real socket)", () => {
       assert.strictEqual(upstream.bodies.length, 1)
     }).pipe(Effect.provide(gateway({ ...options, unknownFields: "strip" }))))
 
-  it.live("/v1/models lists the model's name only, before the runtime is even up", () =>
+  it.live("/v1/models lists the model's name and state only, before the runtime is even up", () =>
     Effect.gen(function*() {
       const port = yield* portOf
       const answer = yield* call(port, { path: "/v1/models" })
       assert.strictEqual(answer.status, 200)
-      assert.deepStrictEqual(JSON.parse(answer.text), { object: "list", data: [{ id: NAME, object: "model", created: 0, owned_by: "companion-runtime" }] })
+      assert.deepStrictEqual(JSON.parse(answer.text), {
+        object: "list",
+        data: [{ id: NAME, object: "model", created: 0, owned_by: "companion-runtime", state: "stopped" }]
+      })
     }).pipe(Effect.provide(gateway(options))))
 
   it.live("Host: the listening address or localhost with its port, in any case; none or two is 400", () =>

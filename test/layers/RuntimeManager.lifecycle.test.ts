@@ -35,7 +35,18 @@ describe("RuntimeManager.start", () => {
       // The runtime was handed the descriptor of the verified file.
       const served = yield* (yield* MemoryFileSystem).bytesOfDescriptor(process.model.descriptor)
       assert.isTrue(Option.exists(served, (bytes) => Buffer.compare(bytes, MODEL) === 0))
-      assert.deepStrictEqual(yield* manager.status, { state: "ready", since: 0, inFlight: 0, queued: 0, restarts: 0, circuitOpen: false })
+      assert.deepStrictEqual(yield* manager.status, {
+        state: "ready",
+        since: 0,
+        inFlight: 0,
+        queued: 0,
+        restarts: 0,
+        circuitOpen: false,
+        lastActivity: 0,
+        ramBytes: 0,
+        vramBytes: 0,
+        onDemand: false
+      })
     }).pipe(Effect.provide(managerLayer())))
 
   it.effect("probes quickly at first, then backs off up to the maximum interval", () =>

@@ -4,7 +4,8 @@ import { Cause, Deferred, Effect, Either, Exit, Fiber, Metric, MetricState, Opti
 import { ResourceStatControl } from "../../src/layers/ResourceStatTest.js"
 import { ResourceStatError } from "../../src/services/Errors.js"
 import { metrics, RuntimeManager } from "../../src/services/RuntimeManager.js"
-import { expectFailure, managerLayer, startReady } from "./harness.js"
+import { nameFrom } from "../../src/config/Config.js"
+import { expectFailure, managerLayer, SOURCE, startReady } from "./harness.js"
 
 const counter = (metric: Metric.Metric.Counter<number>) =>
   Effect.map(Metric.value(metric), (state: MetricState.MetricState.Counter<number>) => state.count)
@@ -175,17 +176,21 @@ describe("RuntimeManager.run", () => {
       assert.strictEqual(yield* stat.calls, 1)
     }).pipe(Effect.provide(managerLayer())))
 
-  it.effect("counts admissions and rejections by reason", () =>
+  it.effect("counts admissions and rejections by reason, labelled with the model's name", () =>
     Effect.gen(function*() {
       const manager = yield* startReady
-      const admitted0 = yield* counter(metrics.admissions)
-      const full = Metric.tagged(metrics.rejections, "reason", "queue_full")
+      const name = nameFrom(new URL(SOURCE))
+      const admissions = Metric.tagged(metrics.admissions, "model", name)
+      const admitted0 = yield* counter(admissions)
+      const untagged0 = yield* counter(metrics.admissions)
+      const full = Metric.tagged(Metric.tagged(metrics.rejections, "model", name), "reason", "queue_full")
       const full0 = yield* counter(full)
       yield* manager.run(() => Effect.void)
       yield* Effect.forEach([1, 2, 3, 4], () => Effect.fork(manager.run(() => Effect.never)))
       yield* Effect.yieldNow()
       yield* Effect.exit(manager.run(() => Effect.void))
-      assert.strictEqual((yield* counter(metrics.admissions)) - admitted0, 3)
+      assert.strictEqual((yield* counter(admissions)) - admitted0, 3)
+      assert.strictEqual((yield* counter(metrics.admissions)) - untagged0, 0)
       assert.strictEqual((yield* counter(full)) - full0, 1)
     }).pipe(Effect.provide(managerLayer())))
 

@@ -7,6 +7,7 @@ import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import { HttpServer } from "@effect/platform"
 import { Effect, Layer, Schedule } from "effect"
 import * as Gateway from "../../src/http/Gateway.js"
+import * as ModelPoolLive from "../../src/layers/ModelPoolLive.js"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { type ManagerStatus, RuntimeManager } from "../../src/services/RuntimeManager.js"
@@ -135,9 +136,11 @@ export const crashRuntime = Effect.flatMap(Effect.flatMap(SpawnerControl, (c) =>
 
 export const serverLayer = NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })
 
-export const gateway = (options: Gateway.GatewayOptions = {}, patch: Record<string, unknown> = {}) =>
+/** The gateway in front of the in-memory manager, as a pool of one named `modelName` (default `model`). */
+export const gateway = (options: Gateway.GatewayOptions & { readonly modelName?: string } = {}, patch: Record<string, unknown> = {}) =>
   Gateway.layer(options).pipe(
     Layer.provideMerge(serverLayer),
+    Layer.provideMerge(ModelPoolLive.fromManager({ name: options.modelName ?? "model" })),
     Layer.provideMerge(managerLayer(patch)),
     Layer.provide(NodeHttpClient.layerUndici)
   )

@@ -18,7 +18,9 @@ import { makeTestPki, type TestPki } from "../../scripts/lib/pki.js"
 import { tinyGguf } from "../../scripts/tiny-gguf.js"
 import * as Gateway from "../../src/http/Gateway.js"
 import * as LiveLayers from "../../src/layers/LiveLayers.js"
+import * as ModelPoolLive from "../../src/layers/ModelPoolLive.js"
 import { RuntimeManager } from "../../src/services/RuntimeManager.js"
+import { ModelPool } from "../../src/services/ModelPool.js"
 import { sha256Hex } from "../domain/fixtures.js"
 import { CompanionLive } from "./fixtures/readme-embedding.js"
 
@@ -72,8 +74,9 @@ const provider = (patch: { model?: object; gateway?: object; runtime?: object; a
 
 /** Gateway + the whole live stack from a ConfigProvider, on an ephemeral loopback port. */
 const stack = (patch: Parameters<typeof provider>[0] = {}) =>
-  Gateway.layer({ token: Redacted.make(TOKEN), modelName: "tiny" }).pipe(
+  Gateway.layer({ token: Redacted.make(TOKEN) }).pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
+    Layer.provideMerge(ModelPoolLive.fromManager({ name: "tiny" })),
     Layer.provideMerge(LiveLayers.layer),
     Layer.provide(NodeHttpClient.layerUndici),
     Layer.provide(Layer.setConfigProvider(provider(patch)))
@@ -86,6 +89,7 @@ const baseUrl = Effect.map(HttpServer.HttpServer, (s) =>
 const door = (patch: NonNullable<Parameters<typeof provider>[0]>) =>
   Gateway.layerConfig.pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
+    Layer.provideMerge(ModelPoolLive.fromManager({ name: "tiny" })),
     Layer.provideMerge(LiveLayers.layer),
     Layer.provide(Layer.setConfigProvider(provider({ ...patch, gateway: { token: TOKEN, ...patch.gateway } })))
   )
@@ -210,14 +214,14 @@ describe("live: gateway in front of llama-server", () => {
       const fixture = readFileSync(join(import.meta.dirname, "fixtures/readme-embedding.ts"), "utf8")
       assert.strictEqual(block, fixture.replace("\"../../../src/index.js\"", "\"companion-runtime\""))
       yield* Effect.gen(function*() {
-        const manager = yield* RuntimeManager
-        yield* manager.start
+        const pool = yield* ModelPool
+        yield* pool.start
         const url = yield* baseUrl
         const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: "unused", maxRetries: 0, timeout: 30_000 })
         const completion = yield* Effect.promise(() =>
           client.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "Hello" }], max_tokens: 4 }))
         assert.strictEqual(completion.object, "chat.completion")
-        yield* manager.drain("10 seconds")
+        yield* pool.drain("10 seconds")
       }).pipe(Effect.provide(CompanionLive(0).pipe(Layer.provide(Layer.setConfigProvider(provider())))))
     }), 120_000)
 })

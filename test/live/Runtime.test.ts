@@ -122,7 +122,7 @@ const liveManager = (
         ...patch
       }),
       (config) =>
-        RuntimeManagerLive.layer(config).pipe(
+        RuntimeManagerLive.layer(RuntimeManagerLive.configFrom(config)).pipe(
           Layer.provideMerge(ModelStoreLive.layer(ModelStoreLive.optionsFrom(config))),
           Layer.provide(
             Layer.mergeAll(

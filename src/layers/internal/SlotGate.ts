@@ -63,6 +63,22 @@ export const release = <A, E>(gate: SlotGate<A, E>, handOver: A | undefined): Sl
 }
 
 /**
+ * The runtime has become ready with requests waiting for it (loaded on demand): the head of the
+ * queue gets every free slot, each moving from the queue to in flight.
+ */
+export const fill = <A, E>(gate: SlotGate<A, E>, handOver: A): SlotGate<A, E> => {
+  let admission = gate.admission
+  const waiters = [...gate.waiters]
+  while (waiters.length > 0 && admission.inFlight < admission.maxInFlight) {
+    const head = waiters.shift()!
+    head.granted = true
+    Deferred.unsafeDone(head.deferred, Exit.succeed(handOver))
+    admission = must(Admission.recordAdmit(must(Admission.recordDequeue(admission))))
+  }
+  return { ...gate, admission, waiters }
+}
+
+/**
  * A waiter leaves without running (timed out, interrupted). Still queued: it leaves the queue.
  * Already handed a slot (the hand-over and its departure raced): `true`, the caller must give that
  * slot back. Refused meanwhile: nothing.
