@@ -512,23 +512,34 @@ export const CompanionConfig: Config.Config<CompanionConfig> = Config.mapOrFail(
  * whose paths are rewritten (`nested`, `constantCase`).
  */
 export const readConfig: Effect.Effect<CompanionConfig, ConfigError.ConfigError> = Effect.gen(function*() {
+  // Each section's path and the keys it knows; a record's entries (`models.<name>`) are sections too.
   const sections = encodedStruct().propertySignatures.flatMap((p) => {
     const type = SchemaAST.isTypeLiteral(p.type) ? p.type : undefined
-    return type === undefined ? [] : [[String(p.name), new Set(type.propertySignatures.map((q) => String(q.name)))] as const]
+    if (type === undefined) return []
+    const entry = type.indexSignatures[0]?.type
+    return [{
+      path: [String(p.name)],
+      known: new Set(type.propertySignatures.map((q) => String(q.name))),
+      entries: entry !== undefined && SchemaAST.isTypeLiteral(entry) ? new Set(entry.propertySignatures.map((q) => String(q.name))) : undefined
+    }]
   })
-  const problems = yield* Effect.configProviderWith((provider) =>
-    provider.flattened.patch._tag !== "Empty"
+  const problems = yield* Effect.configProviderWith((provider) => {
+    const children = (path: ReadonlyArray<string>) =>
+      Effect.map(
+        Effect.orElseSucceed(provider.flattened.enumerateChildren(path), () => HashSet.empty<string>()),
+        // A list's items are children named `key[0]`, `key[1]`, ...: each is its key.
+        (found) => [...new Set([...found].map((child) => child.replace(/\[\d+\]$/, "")))]
+      )
+    const unknownIn = (path: ReadonlyArray<string>, known: ReadonlySet<string>) =>
+      Effect.map(children(path), (found) =>
+        found.filter((child) => !known.has(child)).map((child): Problem => ({ path: [...path, child], text: "not a known field" })))
+    return provider.flattened.patch._tag !== "Empty"
       ? Effect.succeed([])
-      : Effect.forEach(sections, ([section, known]) =>
-        Effect.map(
-          Effect.orElseSucceed(provider.flattened.enumerateChildren([section]), () => HashSet.empty<string>()),
-          (children) =>
-            // A list's items are children named `key[0]`, `key[1]`, ...: each is its key.
-            [...new Set([...children].map((child) => child.replace(/\[\d+\]$/, "")))]
-              .filter((child) => !known.has(child))
-              .map((child): Problem => ({ path: [section, child], text: "not a known field" }))
-        ))
-  )
+      : Effect.forEach(sections, ({ entries, known, path }) =>
+        entries === undefined
+          ? unknownIn(path, known)
+          : Effect.flatMap(children(path), (names) => Effect.map(Effect.forEach(names, (name) => unknownIn([...path, name], entries)), (all) => all.flat())))
+  })
   const unknown = problems.flat()
   if (unknown.length > 0) return yield* Effect.fail(toConfigError(unknown))
   return yield* CompanionConfig
@@ -581,8 +592,9 @@ export interface ModelConfig {
 }
 
 /**
- * Every configured model, in the file's order: the one `model` (a chat model, preloaded, with the
- * top-level settings), or each `models` entry with the top-level settings where it sets none.
+ * Every configured model: the one `model` (a chat model, preloaded, with the top-level settings),
+ * or each `models` entry with the top-level settings where it sets none, in the order of their
+ * names (the first of a kind is where a request naming no model goes).
  */
 export const modelsOf = (config: CompanionConfig): ReadonlyArray<ModelConfig> => {
   if (config.model !== undefined) {
@@ -598,7 +610,8 @@ export const modelsOf = (config: CompanionConfig): ReadonlyArray<ModelConfig> =>
       threads: config.runtime.threads
     }]
   }
-  return Object.entries(config.models ?? {}).map(([name, entry]) => ({
+  // By name: a ConfigProvider keeps no order among a record's keys, and the two readers must agree.
+  return Object.entries(config.models ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([name, entry]) => ({
     name,
     kind: entry.kind,
     spec: Integrity.ModelSpec.make({ sha256: entry.sha256 as Integrity.Sha256Hex, sizeBytes: entry.sizeBytes }),

@@ -9,14 +9,15 @@
  * other and never both started when they do not fit together. A plan that needs room evicts the
  * least recently used idle models through `unloadIfIdle`, which is atomic with their admission (a
  * model that took a request meanwhile is kept, and the plan is made again). With no idle model to
- * evict the load waits, woken when a model is given back or a request ends, for the queue timeout
- * (or, with none, the load deadline); then it fails as `insufficient_resources`, and the requests
- * waiting for that model get the same answer (503).
+ * evict the load waits, woken when a model is given back or a request ends, up to the load deadline
+ * (`health.loadDeadline`, the bound a load has anyway); then it fails as `insufficient_resources`,
+ * and the requests still waiting for that model (each within its own queue timeout) get the same
+ * answer (503).
  *
  * Written here rather than with an Effect `Semaphore` of bytes: the permits a load needs depend on
  * the measured RAM of the others at the moment it asks, and eviction must run inside the decision.
  */
-import { Deferred, Effect, Layer, Option, Ref } from "effect"
+import { Clock, Deferred, Duration, Effect, Layer, Ref } from "effect"
 import { type CompanionConfig, modelsOf, readConfig } from "../config/Config.js"
 import * as Budget from "../domain/Budget.js"
 import { refusal, ResourceError } from "../domain/Errors.js"
@@ -61,7 +62,7 @@ const assemble = (
 
 export const make = Effect.fn("ModelPool.make")(function*(config: CompanionConfig) {
   const limits = config.resources
-  const waitFor = Option.getOrElse(config.admission.queueTimeout, () => config.health.loadDeadline)
+  const waitFor = config.health.loadDeadline
   /** name → the estimate held for it. */
   const ledger = yield* Ref.make<ReadonlyMap<string, number>>(new Map())
   const decide = yield* Effect.makeSemaphore(1)
@@ -111,17 +112,28 @@ export const make = Effect.fn("ModelPool.make")(function*(config: CompanionConfi
       }
     }))
 
+  /**
+   * Decide until the room is held. Runs as the acquisition of the reservation (uninterruptible, so
+   * a hold is never lost between the ledger and its release): only the wait for a change is
+   * interruptible, and it alone is bounded by the deadline.
+   */
   const admit = (name: string, bytes: number) =>
     Effect.gen(function*() {
+      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(waitFor)
       for (;;) {
         const next = yield* step(name, bytes)
         if (next._tag === "held") return
         if (next._tag === "wait") {
+          const left = deadline - (yield* Clock.currentTimeMillis)
+          if (left <= 0) return yield* Effect.fail(noRoom())
           waiting++
-          yield* Effect.ensuring(Deferred.await(next.until), Effect.sync(() => waiting--))
+          yield* Effect.interruptible(Deferred.await(next.until)).pipe(
+            Effect.timeoutFail({ duration: Duration.millis(left), onTimeout: noRoom }),
+            Effect.ensuring(Effect.sync(() => waiting--))
+          )
         }
       }
-    }).pipe(Effect.timeoutFail({ duration: waitFor, onTimeout: noRoom }))
+    })
 
   const giveBack = (name: string) => Effect.zipRight(Ref.update(ledger, (held) => new Map([...held].filter(([n]) => n !== name))), changed)
 

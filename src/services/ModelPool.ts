@@ -21,7 +21,7 @@ export interface PoolModel {
 }
 
 export interface PoolStatus {
-  /** Every model, in the configured order, with its manager's status. */
+  /** Every model, in the order of their names, with its manager's status. */
   readonly models: ReadonlyArray<PoolModel & { readonly status: ManagerStatus }>
   /** Every preloaded model is ready. */
   readonly ready: boolean

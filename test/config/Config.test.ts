@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, ConfigProvider, Duration, Effect, Exit, Option, Redacted, Schema } from "effect"
-import { CompanionConfig, CompanionConfigSchema, decodeFile, encode, keys, nameFrom, readConfig } from "../../src/config/Config.js"
+import { CompanionConfig, CompanionConfigSchema, decodeFile, encode, keys, modelsOf, nameFrom, readConfig } from "../../src/config/Config.js"
 
 const MODEL = { sha256: "ab".repeat(32), sizeBytes: 1234, source: "https://models.example.com/org/repo/resolve/abc/m.gguf" }
 
@@ -257,6 +257,50 @@ describe("one configuration", () => {
         assert.deepStrictEqual(config.runtime.envAllowlist, [])
       }
       assert.deepStrictEqual(fromJson.download.caFiles, [])
+    }))
+})
+
+describe("several models", () => {
+  const entry = (name: string) => ({ ...MODEL, source: `https://models.example.com/org/repo/resolve/abc/${name}.gguf` })
+  const problemsOf = (json: unknown) => Effect.map(Effect.flip(decodeFile(json)), (e) => e.problems)
+
+  it.effect("model or models, one of them; models not empty; each source under allowedSources, named by its path", () =>
+    Effect.gen(function*() {
+      const allowedSources = full.allowedSources
+      assert.deepStrictEqual(yield* problemsOf({ allowedSources }), ["models: set model or models, not both"])
+      assert.deepStrictEqual(yield* problemsOf({ model: MODEL, models: { a: entry("a") }, allowedSources }), ["models: set model or models, not both"])
+      assert.deepStrictEqual(yield* problemsOf({ models: {}, allowedSources }), ["models: expected at least one model"])
+      assert.deepStrictEqual(
+        yield* problemsOf({ models: { a: entry("a"), b: { ...MODEL, source: "https://elsewhere.example/b.gguf" } }, allowedSources }),
+        ["models.b.source: is not under any allowedSources entry"]
+      )
+      const bad = yield* problemsOf({ models: { "../x": entry("x"), ok: { ...entry("ok"), kind: "vision", tokne: "secret-value" } }, allowedSources })
+      assert.includeMembers([...bad], ["models.../x: not a known field", "models.ok.kind: expected \"embedding\"", "models.ok.tokne: not a known field"])
+      assert.isTrue(bad.some((p) => p.startsWith("models.")))
+      assert.notInclude(bad.join("\n"), "secret-value")
+    }))
+
+  it.effect("each entry takes the top-level settings it does not set; both readers give the models in the order of their names", () =>
+    Effect.gen(function*() {
+      const json = {
+        models: { zeta: entry("zeta"), alpha: { ...entry("alpha"), kind: "embedding", parallel: 1, idleTtl: "2 minutes", preload: true } },
+        allowedSources: full.allowedSources,
+        admission: { maxInFlight: 3 },
+        runtime: { contextSize: 4096, threads: 2 },
+        idleTtl: "9 minutes"
+      }
+      for (const config of [yield* decodeFile(json), yield* readConfig.pipe(Effect.withConfigProvider(ConfigProvider.fromJson(json)))]) {
+        const models = modelsOf(config)
+        assert.deepStrictEqual(models.map((m) => [m.name, m.kind, m.parallel, m.preload, Option.getOrUndefined(m.contextSize), Option.getOrUndefined(m.threads)]), [
+          ["alpha", "embedding", 1, true, 4096, 2],
+          ["zeta", "chat", 3, false, 4096, 2]
+        ])
+        assert.deepStrictEqual(models.map((m) => Duration.toMinutes(Option.getOrThrow(m.idleTtl))), [2, 9])
+      }
+      // Through a provider, an unknown key inside an entry is refused as the file refuses it.
+      const typo = yield* Effect.flip(readConfig.pipe(Effect.withConfigProvider(ConfigProvider.fromJson({ ...json, models: { a: { ...entry("a"), tokne: "secret-value" } } }))))
+      assert.include(String(typo), "models.a.tokne")
+      assert.notInclude(String(typo), "secret-value")
     }))
 })
 
