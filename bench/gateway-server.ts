@@ -69,6 +69,29 @@ const timedSpawner = (options: SpawnerLive.SpawnerOptions) =>
       }))
   ).pipe(Layer.provide(NodeContext.layer))
 
+/** A streamed one-token completion through the gateway: when its first byte arrived (known once it ends). */
+const firstByteOf = (port: number): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const body = JSON.stringify({ prompt: "Hello", max_tokens: 1, stream: true })
+    const req = request({
+      host: "127.0.0.1",
+      port,
+      method: "POST",
+      path: "/v1/completions",
+      headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) }
+    }, (res) => {
+      let first = 0
+      res.once("data", () => {
+        first = performance.now()
+      })
+      // Resolved once the answer ends, so its slot is free for the next round's unload.
+      res.on("end", () => resolve(first))
+      res.resume()
+    })
+    req.on("error", reject)
+    req.end(body)
+  })
+
 /** A bare Node proxy to the runtime: the floor for any proxy written in Node. */
 const bareProxy = (target: string, key: string) =>
   new Promise<string>((resolve) => {
@@ -138,9 +161,19 @@ const program = Effect.gen(function*() {
       console.log(JSON.stringify({ startToReady: ready - t0, spawnToFirstOk: ok - spawn.spawnAt }))
       yield* manager.drain("10 seconds")
     }
-    yield* manager.start
     const server = yield* HttpServer.HttpServer
     const port = server.address._tag === "TcpAddress" ? server.address.port : 0
+    // Loaded on demand: unloaded while idle, then a request through the gateway loads it again.
+    for (let i = 0; i < STARTS; i++) {
+      yield* Effect.ignore(manager.start) // ready already after the previous round
+      if (!(yield* manager.unloadIfIdle)) throw new Error("bench: the runtime was not idle")
+      const sent = performance.now()
+      const firstByte = yield* Effect.promise(() => firstByteOf(port))
+      const spawn = spawns.at(-1)!
+      const ok = yield* Effect.promise(() => spawn.firstOk)
+      console.log(JSON.stringify({ onDemandFirstByte: firstByte - sent, onDemandSpawnToFirstOk: ok - spawn.spawnAt }))
+    }
+
     const endpoint = yield* manager.run((e) => Effect.succeed(e))
     const key = Redacted.value(endpoint.apiKey)
     const proxy = yield* Effect.promise(() => bareProxy(endpoint.baseUrl, key))

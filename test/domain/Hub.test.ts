@@ -31,6 +31,32 @@ describe("Hub", () => {
     }
   })
 
+  it("a config of several models gets the entry of that name (its other fields kept); a prefix another model still uses stays", () => {
+    const origin = new URL("https://huggingface.co")
+    const old = `https://huggingface.co/o/r/resolve/${"0".repeat(40)}/`
+    const pin = { repo: "o/r", commit: COMMIT, file: "e.gguf", sha256: SHA, sizeBytes: 10 }
+    const config = {
+      models: {
+        chat: { source: `${old}c.gguf`, sha256: "1".repeat(64), sizeBytes: 5 },
+        embed: { source: `${old}e.gguf`, sha256: "2".repeat(64), sizeBytes: 6, kind: "embedding", preload: true }
+      },
+      allowedSources: [old]
+    }
+    const patched = Hub.applyPin(config, pin, origin, "embed")
+    assert.deepStrictEqual(patched, {
+      models: {
+        chat: config.models.chat,
+        embed: { source: `https://huggingface.co/o/r/resolve/${COMMIT}/e.gguf`, sha256: SHA, sizeBytes: 10, kind: "embedding", preload: true }
+      },
+      // chat still comes from the old commit: its prefix stays beside the new one.
+      allowedSources: [old, `https://huggingface.co/o/r/resolve/${COMMIT}/`]
+    })
+    assert.isFalse("model" in patched)
+    // Once nothing uses the old prefix, it goes.
+    const again = Hub.applyPin(patched, { ...pin, file: "c.gguf" }, origin, "chat")
+    assert.deepStrictEqual(again["allowedSources"], [`https://huggingface.co/o/r/resolve/${COMMIT}/`])
+  })
+
   it("the environment's token goes to the default hub only; printed references carry no control or bidi characters", () => {
     assert.isTrue(Hub.takesEnvironmentToken(new URL("https://huggingface.co")))
     for (const other of ["https://attacker.example", "https://huggingface.co:8443", "https://hf.co"]) assert.isFalse(Hub.takesEnvironmentToken(new URL(other)), other)
