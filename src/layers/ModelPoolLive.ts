@@ -17,14 +17,17 @@
  * Written here rather than with an Effect `Semaphore` of bytes: the permits a load needs depend on
  * the measured RAM of the others at the moment it asks, and eviction must run inside the decision.
  */
-import { Clock, Deferred, Duration, Effect, Layer, Ref } from "effect"
+import { Clock, Deferred, Duration, Effect, Layer, Ref, Stream } from "effect"
 import { type CompanionConfig, modelsOf, readConfig } from "../config/Config.js"
 import * as Budget from "../domain/Budget.js"
-import { refusal, ResourceError } from "../domain/Errors.js"
+import { LifecycleError, refusal, ResourceError } from "../domain/Errors.js"
 import { PoolError } from "../services/Errors.js"
 import { ModelPool, type ModelPoolService, type PoolModel, type PoolStatus } from "../services/ModelPool.js"
 import { type InsufficientResources, RuntimeManager, type RuntimeManagerService } from "../services/RuntimeManager.js"
 import * as RuntimeManagerLive from "./RuntimeManagerLive.js"
+
+/** How often a load waiting for room decides again even without a change. */
+const RECHECK_MILLIS = 250
 
 const noRoom = (): InsufficientResources => refusal(ResourceError, "insufficient_resources")
 
@@ -46,7 +49,8 @@ const assemble = (
     const all = yield* Effect.forEach(entries, ([model, manager]) => Effect.map(manager.status, (status) => ({ ...model, status })))
     return {
       models: all,
-      ready: all.every((m) => !m.preload || m.status.state === "ready"),
+      // A preloaded model evicted since is loaded on demand again: it does not hold readiness back.
+      ready: all.every((m) => !m.preload || m.status.state === "ready" || (m.status.state === "stopped" && m.status.onDemand)),
       heldBytes: yield* heldBytes
     }
   })
@@ -69,6 +73,8 @@ export const make = Effect.fn("ModelPool.make")(function*(config: CompanionConfi
   // Woken on every change that may make room: a model given back, a request ended.
   const signal = yield* Ref.make(yield* Deferred.make<void>())
   let waiting = 0
+  /** Draining for good: no load starts, no request enters. */
+  let closing = false
   const changed = Effect.flatMap(Deferred.make<void>(), (next) =>
     Effect.flatMap(Ref.getAndSet(signal, next), (done) => Deferred.succeed(done, undefined)))
   const poke = Effect.suspend(() => (waiting > 0 ? changed : Effect.void))
@@ -94,6 +100,7 @@ export const make = Effect.fn("ModelPool.make")(function*(config: CompanionConfi
     decide.withPermits(1)(Effect.gen(function*() {
       // Taken before the look: a change after it wakes this waiter.
       const until = yield* Ref.get(signal)
+      if (closing) return yield* Effect.fail(noRoom())
       const plan = Budget.plan(yield* snapshot(name), bytes, limits)
       switch (plan._tag) {
         case "fits":
@@ -101,11 +108,17 @@ export const make = Effect.fn("ModelPool.make")(function*(config: CompanionConfi
           return { _tag: "held" } as const
         case "evict":
           for (const victim of plan.names) {
-            if (!(yield* managers.get(victim)!.unloadIfIdle)) break // busy again: decide anew
+            // Busy again, or starting, draining or restarting: wait for a change, then decide anew.
+            if (!(yield* managers.get(victim)!.unloadIfIdle)) {
+              waiting++
+              return { _tag: "wait", until } as const
+            }
             yield* Effect.logInfo("model unloaded to make room", { model: victim })
           }
           return { _tag: "again" } as const
         case "wait":
+          // Counted under the lock: a change after this decision wakes it.
+          waiting++
           return { _tag: "wait", until } as const
         case "never":
           return yield* Effect.fail(noRoom())
@@ -125,10 +138,15 @@ export const make = Effect.fn("ModelPool.make")(function*(config: CompanionConfi
         if (next._tag === "held") return
         if (next._tag === "wait") {
           const left = deadline - (yield* Clock.currentTimeMillis)
-          if (left <= 0) return yield* Effect.fail(noRoom())
-          waiting++
+          if (left <= 0) {
+            waiting--
+            return yield* Effect.fail(noRoom())
+          }
+          // Woken by a change, and in any case every RECHECK: a change can come while a victim's
+          // lifecycle lock is still held (a start finishing), when it cannot be unloaded yet.
           yield* Effect.interruptible(Deferred.await(next.until)).pipe(
-            Effect.timeoutFail({ duration: Duration.millis(left), onTimeout: noRoom }),
+            Effect.timeout(Duration.millis(Math.min(left, RECHECK_MILLIS))),
+            Effect.ignore,
             Effect.ensuring(Effect.sync(() => waiting--))
           )
         }
@@ -146,8 +164,21 @@ export const make = Effect.fn("ModelPool.make")(function*(config: CompanionConfi
     managers.set(model.name, manager)
     entries.push([{ name: model.name, kind: model.kind, preload: model.preload }, manager])
   }
+  // A model that becomes ready (and idle), or stops, may make room for a waiting load.
+  for (const [, manager] of entries) yield* Effect.forkScoped(Stream.runForEach(manager.changes, () => poke))
   const heldBytes = Effect.flatMap(snapshot(""), (held) => Effect.succeed(held.reduce((n, h) => n + Budget.cost(h), 0)))
-  return ModelPool.of(assemble(entries, poke, heldBytes))
+  const pool = assemble(entries, poke, heldBytes)
+  return ModelPool.of({
+    ...pool,
+    run: (name, request) => (closing ? Effect.fail(refusal(LifecycleError, "not_ready")) : pool.run(name, request)),
+    drain: (deadline) =>
+      Effect.zipRight(
+        Effect.zipRight(Effect.sync(() => {
+          closing = true
+        }), changed),
+        pool.drain(deadline)
+      )
+  })
 })
 
 /** The pool of every configured model. */

@@ -596,8 +596,12 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       })
     )
 
-  // From `draining`, `stopped` is always a transition the table has.
-  const unloadIfIdle: RuntimeManagerService["unloadIfIdle"] = Effect.orDie(lifecycleLock.withPermits(1)(unloadLocked(0)))
+  // From `draining`, `stopped` is always a transition the table has. A lifecycle operation under way
+  // (a start, a drain, a crash) means the runtime is not idle: `false` at once, never a wait, so a
+  // pool deciding under its own lock cannot deadlock with a start waiting for that lock.
+  const unloadIfIdle: RuntimeManagerService["unloadIfIdle"] = Effect.orDie(
+    Effect.map(lifecycleLock.withPermitsIfAvailable(1)(unloadLocked(0)), Option.getOrElse(() => false))
+  )
 
   const idleUnload = (ttl: Duration.Duration) =>
     Effect.flatMap(Effect.orDie(lifecycleLock.withPermits(1)(unloadLocked(Duration.toMillis(ttl)))), (unloaded) =>
