@@ -133,7 +133,11 @@ describe("live: the companion-runtime command", () => {
 
       const ready = await run("status", "--url", url)
       assert.strictEqual(ready.code, 0)
-      assert.strictEqual((JSON.parse(ready.stdout) as { state: string }).state, "ready")
+      // The health answer, then one line per model.
+      const [answer, ...modelLines] = ready.stdout.trim().split("\n")
+      assert.strictEqual((JSON.parse(answer ?? "") as { state: string }).state, "ready")
+      assert.strictEqual(modelLines.length, 1)
+      assert.match(modelLines[0] ?? "", /^[A-Za-z0-9._:-]+: ready, \d+ in flight, \d+ queued$/)
 
       // A streamed completion; SIGTERM arrives once its first bytes have.
       const response = await fetch(`${url}/v1/completions`, {

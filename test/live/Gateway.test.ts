@@ -89,7 +89,8 @@ const baseUrl = Effect.map(HttpServer.HttpServer, (s) =>
 const door = (patch: NonNullable<Parameters<typeof provider>[0]>) =>
   Gateway.layerConfig.pipe(
     Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
-    Layer.provideMerge(ModelPoolLive.fromManager({ name: "tiny" })),
+    // A pool of one over the manager, named as the config names the model.
+    Layer.provideMerge(ModelPoolLive.fromManager({ name: (patch.model as { name?: string } | undefined)?.name ?? "tiny" })),
     Layer.provideMerge(LiveLayers.layer),
     Layer.provide(Layer.setConfigProvider(provider({ ...patch, gateway: { token: TOKEN, ...patch.gateway } })))
   )
