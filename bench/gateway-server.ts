@@ -56,7 +56,7 @@ interface SpawnTiming {
 const spawns: Array<SpawnTiming> = []
 
 const timedSpawner = (options: SpawnerLive.SpawnerOptions) =>
-  Layer.effect(
+  Layer.scoped(
     Spawner,
     Effect.map(SpawnerLive.make(options), (live) =>
       Spawner.of({

@@ -219,7 +219,11 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       Effect.timeoutFail({ duration: config.health.probeTimeout, onTimeout: () => new HealthError({ reason: "probe_timeout" }) }),
       // Not listening yet, or slow to answer, is still loading; an explicit failure is final.
       Effect.catchTag("HealthError", (e) =>
-        e.reason === "unhealthy" ? Effect.fail(new StartError({ reason: "health_failed" })) : Effect.succeed("loading" as const)
+        e.reason === "unhealthy"
+          ? Effect.fail(new StartError({ reason: "health_failed" }))
+          : e.reason === "wrong_model"
+          ? Effect.fail(new StartError({ reason: "model_mismatch" }))
+          : Effect.succeed("loading" as const)
       ),
       Effect.repeat({ schedule: probeSchedule, until: (h) => h === "ok" }),
       Effect.timeoutFail({
@@ -625,8 +629,9 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
       restarts: s.restarts,
       circuitOpen: Circuit.isOpen(s.circuit, now),
       lastActivity: s.lastActivity,
-      ramBytes: s.running?.observed?.ramBytes ?? 0,
-      vramBytes: s.running?.observed?.vramBytes ?? 0,
+      // A shared runtime's measurement is every model's on it: this model counts at its estimate.
+      ramBytes: s.running?.handle.shared === true ? 0 : s.running?.observed?.ramBytes ?? 0,
+      vramBytes: s.running?.handle.shared === true ? 0 : s.running?.observed?.vramBytes ?? 0,
       onDemand: s.unloadedIdle
     }
   })

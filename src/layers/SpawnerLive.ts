@@ -8,14 +8,20 @@
  *   inherited by the child: the runtime opens the very file that was hashed, whatever has been
  *   renamed onto its path since. The port comes from its `listening on http://127.0.0.1:<port>`
  *   line, so there is no bind-then-release race.
- * - Ollama: `ollama serve` with `OLLAMA_HOST=127.0.0.1:<port>`, the port found by binding port 0;
- *   the handle is returned once the port accepts connections. If the runtime exits first (the
- *   port was taken meanwhile), it is spawned again on a new port (up to 3 times).
+ * - Ollama: one `ollama serve` for every model of the spawner (a pool), started by the first spawn
+ *   and stopped after the last model's, with `OLLAMA_HOST=127.0.0.1:<port>` (the port found by
+ *   binding port 0; spawned again on a new port, up to 3 times, if it exits first because the port
+ *   was taken meanwhile) and `OLLAMA_MODELS` a private directory under the store. Each spawn then
+ *   imports its verified model through Ollama's API under its alias (`internal/Ollama.ts`), and its
+ *   handle's `stop` unloads that model (`keep_alive: 0`). While it runs, the name is checked every
+ *   `verifyInterval`: a name another local process re-pointed ends the handle as if the runtime
+ *   exited, so the manager stops it and imports the verified model again.
  * - Only a model minted by the store, its descriptor open and its file unchanged since it was
  *   verified, is spawned (`unverified_model` otherwise).
  * - A fresh 256-bit key per spawn, in `LLAMA_API_KEY` only (never in argv).
  * - The child's environment is built from an allowlist of the parent's variables, never the
- *   whole environment (which may hold tokens).
+ *   whole environment (which may hold tokens), and never a proxy variable or (for Ollama) an
+ *   `OLLAMA_*` one, even allowlisted: `OLLAMA_ORIGINS` would open it to web pages.
  * - Its output, stdout and stderr, goes to a ring buffer of lines with the key scrubbed.
  * - The child leads its own process group (spawned detached): stop sends SIGTERM to the group,
  *   SIGKILL after the grace period.
@@ -28,13 +34,15 @@
 import { type ChildProcess, execFile, spawn as spawnChild } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { connect, createServer } from "node:net"
-import { FileSystem } from "@effect/platform"
+import { resolve } from "node:path"
+import { FileSystem, HttpClient } from "@effect/platform"
 import { NodeStream } from "@effect/platform-node"
-import { Config, ConfigProvider, Deferred, Duration, Effect, Layer, Option, Redacted, Schedule, Stream, SynchronizedRef } from "effect"
+import { Config, ConfigProvider, Deferred, Duration, Effect, Layer, Option, Redacted, Schedule, type Scope, Stream, SynchronizedRef } from "effect"
 import { type CompanionConfig, defaultEnvAllowlist, firstModel, readConfig } from "../config/Config.js"
 import { SpawnError } from "../services/Errors.js"
 import type { VerifiedModel } from "../services/ModelStore.js"
 import { type ExitStatus, type RuntimeHandle, type RuntimeKind, Spawner, type SpawnOptions } from "../services/Spawner.js"
+import * as Ollama from "./internal/Ollama.js"
 import * as VerifiedModels from "./internal/VerifiedModels.js"
 
 export { defaultEnvAllowlist }
@@ -68,6 +76,17 @@ export interface SpawnerOptions {
   readonly stopGrace?: Duration.DurationInput | undefined
   /** Lines of output kept for diagnostics. Default 200. */
   readonly outputLines?: number | undefined
+  /** Ollama: its private models directory (`OLLAMA_MODELS`), made 0700. Required for Ollama. */
+  readonly modelsDirectory?: string | undefined
+  /** Ollama: how long uploading and naming a model may take. Default 10 minutes. */
+  readonly importTimeout?: Duration.DurationInput | undefined
+  /** Ollama: how often a served name is checked to still name the verified blob. Default 2 s. */
+  readonly verifyInterval?: Duration.DurationInput | undefined
+  /**
+   * Ollama: how long the process is kept once no model runs on it, so a pool swapping models does
+   * not restart it; it stops at once when the spawner's scope closes. Default 30 s.
+   */
+  readonly linger?: Duration.DurationInput | undefined
 }
 
 /** Where the kernel's parent-death signal can be asked for (util-linux). */
@@ -80,15 +99,24 @@ const LISTENING = /listening on http:\/\/127\.0\.0\.1:(\d{1,5})\b/
 
 const spawnFailed = () => new SpawnError({ reason: "spawn_failed" })
 
+/**
+ * Never handed to a runtime, allowlisted or not: proxies (a runtime has no business on the network
+ * through them) and, for Ollama, its own settings, which this spawner sets (`OLLAMA_ORIGINS` would
+ * let web pages call it, `OLLAMA_HOST` move it off loopback, `OLLAMA_MODELS` out of the store).
+ */
+export const forbiddenVariable = (name: string, kind: RuntimeKind = "llama.cpp"): boolean =>
+  /_proxy$/i.test(name) || (kind === "ollama" && /^ollama_/i.test(name))
+
 /** The child's environment: the allowlisted variables the parent has, and nothing else. */
 export const childEnvironment = (
   environment: Readonly<Record<string, string | undefined>>,
-  allowlist: ReadonlyArray<string>
+  allowlist: ReadonlyArray<string>,
+  kind: RuntimeKind = "llama.cpp"
 ): Record<string, string> => {
   const env: Record<string, string> = {}
   for (const name of allowlist) {
     const value = environment[name]
-    if (value !== undefined) env[name] = value
+    if (value !== undefined && !forbiddenVariable(name, kind)) env[name] = value
   }
   return env
 }
@@ -259,13 +287,16 @@ const startChild = (command: string, args: ReadonlyArray<string>, env: Record<st
     })
   })
 
-export const make = (options: SpawnerOptions) =>
+/** What both kinds share: the checks on the host, the environment, and one process start. */
+const processes = (options: SpawnerOptions) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const setpriv = yield* Effect.findFirst(SETPRIV_PATHS, (p) => Effect.orElseSucceed(fs.exists(p), () => false))
     if (Option.isNone(setpriv)) return yield* spawnFailed()
     const allowlist = options.envAllowlist ?? defaultEnvAllowlist
-    const baseEnv = childEnvironment(options.environment ?? (yield* allowlistedEnvironment(allowlist)), allowlist)
+    const baseEnv = childEnvironment(options.environment ?? (yield* allowlistedEnvironment(allowlist)), allowlist, options.kind)
+    const dropped = allowlist.filter((name) => forbiddenVariable(name, options.kind))
+    if (dropped.length > 0) yield* Effect.logWarning("Allowlisted variables the runtime never gets", { dropped })
     const addressTimeout = options.addressTimeout ?? Duration.seconds(60)
     const stopGrace = options.stopGrace ?? Duration.seconds(5)
     const capacity = options.outputLines ?? 200
@@ -286,15 +317,16 @@ export const make = (options: SpawnerOptions) =>
           ))
       : Effect.succeed(new Set<string>())
 
-    const spawnOnce = (model: VerifiedModel, port: number | undefined, perSpawn: SpawnOptions) =>
+    /** llama-server with `descriptor` as its model, or Ollama listening on `port` with `extraEnv`. */
+    const spawnOnce = (descriptor: number | undefined, port: number | undefined, perSpawn: SpawnOptions, extraEnv: Record<string, string> = {}) =>
       Effect.gen(function*() {
         const key = randomBytes(32).toString("base64url")
         const env = {
           ...baseEnv,
-          ...(options.kind === "llama.cpp" ? { LLAMA_API_KEY: key } : { OLLAMA_HOST: `127.0.0.1:${port}` })
+          ...(options.kind === "llama.cpp" ? { LLAMA_API_KEY: key } : extraEnv)
         }
         const args = ["--pdeathsig", "SIGKILL", "--", options.binary, ...runtimeArgs(withSpawn(options, perSpawn), yield* flags)]
-        const started = yield* start(setpriv.value, args, env, options.kind === "llama.cpp" ? model.descriptor : undefined, stopGrace)
+        const started = yield* start(setpriv.value, args, env, descriptor, stopGrace)
         const { child, exitStatus, pid } = started
         const exited = Effect.promise(() => exitStatus)
         const stop = (grace: Duration.DurationInput) => stopProcess(started, grace)
@@ -337,28 +369,90 @@ export const make = (options: SpawnerOptions) =>
         return handle
       })
 
-    const spawnVerified = (model: VerifiedModel, perSpawn: SpawnOptions) =>
-      options.kind === "llama.cpp"
-        ? spawnOnce(model, undefined, perSpawn)
-        : Effect.flatMap(freePort, (port) => spawnOnce(model, port, perSpawn)).pipe(
+    return { spawnOnce }
+  })
+
+/** Only a model the store minted, whose descriptor is open and whose file has not changed since. */
+const onlyVerified = <A, E, R>(model: VerifiedModel, spawn: Effect.Effect<A, E, R>): Effect.Effect<A, E | SpawnError, R> =>
+  Effect.flatMap(VerifiedModels.stillVerified(model), (ok): Effect.Effect<A, E | SpawnError, R> => (ok ? spawn : Effect.fail(new SpawnError({ reason: "unverified_model" }))))
+
+const makeLlama = (options: SpawnerOptions) =>
+  Effect.map(processes(options), ({ spawnOnce }) =>
+    Spawner.of({ spawn: (model, perSpawn = {}) => onlyVerified(model, spawnOnce(model.descriptor, undefined, perSpawn)) }))
+
+const makeOllama = (options: SpawnerOptions) =>
+  Effect.gen(function*() {
+    const { spawnOnce } = yield* processes(options)
+    const client = yield* HttpClient.HttpClient
+    const directory = options.modelsDirectory
+    const importTimeout = options.importTimeout ?? Duration.minutes(10)
+    const verifyInterval = options.verifyInterval ?? Duration.seconds(2)
+    if (directory === undefined) return yield* new SpawnError({ reason: "models_dir_unsafe" })
+    // One `ollama serve` for every model: started by the first spawn, stopped after the last.
+    const server = yield* Ollama.shared(
+      Effect.zipRight(
+        Ollama.prepareDirectories(directory),
+        Effect.flatMap(freePort, (port) => spawnOnce(undefined, port, {}, Ollama.serverEnvironment(port, directory, options.parallel))).pipe(
           // The port found free may be taken by the time Ollama binds it: try a new one.
           Effect.retry({ times: 2, while: (e) => e.reason === "exited_early" })
         )
-
-    // Only a model the store minted, whose descriptor is open and whose file has not changed since.
+      ),
+      options.linger ?? Duration.seconds(30)
+    )
     const spawn = (model: VerifiedModel, perSpawn: SpawnOptions = {}) =>
-      Effect.flatMap(
-        VerifiedModels.stillVerified(model),
-        (ok) => (ok ? spawnVerified(model, perSpawn) : Effect.fail(new SpawnError({ reason: "unverified_model" })))
-      )
-
-    return Spawner.of({ spawn })
+      Effect.gen(function*() {
+        const ollama = yield* server.get
+        const alias = perSpawn.alias ?? options.alias ?? "model"
+        const serverExited = Effect.zipRight(ollama.exited, Effect.fail(new SpawnError({ reason: "exited_early" })))
+        yield* Ollama.importModel(client, ollama.baseUrl, model, alias).pipe(
+          Effect.timeoutFail({ duration: importTimeout, onTimeout: () => new SpawnError({ reason: "import_timeout" }) }),
+          Effect.raceFirst(serverExited)
+        )
+        const serves = { name: alias, blobPath: Ollama.blobPath(directory, model.sha256) }
+        // Ollama takes no key: any local process may re-point the name. Checked while it serves;
+        // a mismatch ends this model's handle as an exit would, and the manager takes it from there.
+        const replaced = yield* Deferred.make<ExitStatus>()
+        yield* Ollama.servesVerified(client, ollama.baseUrl, serves).pipe(
+          Effect.flip,
+          Effect.filterOrFail((e) => e.reason === "wrong_model"),
+          Effect.retry(Schedule.spaced(verifyInterval)),
+          Effect.delay(verifyInterval),
+          Effect.zipRight(Effect.logWarning("the runtime's model name was re-pointed; stopping it")),
+          Effect.zipRight(Deferred.succeed(replaced, { code: null, signal: null })),
+          Effect.forkScoped
+        )
+        const handle: RuntimeHandle = {
+          pid: ollama.pid,
+          baseUrl: ollama.baseUrl,
+          apiKey: ollama.apiKey,
+          exited: Effect.raceFirst(ollama.exited, Deferred.await(replaced)),
+          // The process serves other models: stopping this one unloads it; the process stops with the last.
+          stop: (grace) => Effect.as(Ollama.unload(client, ollama.baseUrl, alias, grace), { code: 0, signal: null }),
+          output: ollama.output,
+          serves,
+          shared: true
+        }
+        return handle
+      })
+    return Spawner.of({ spawn: (model, perSpawn) => onlyVerified(model, spawn(model, perSpawn)) })
   })
 
-export const layer = (options: SpawnerOptions): Layer.Layer<Spawner, SpawnError, FileSystem.FileSystem> =>
-  Layer.effect(Spawner, make(options))
+/**
+ * The spawner for `options.kind`. Ollama's also needs an `HttpClient` (it imports each model
+ * through Ollama's API) and a `Scope` (its one process stops when that scope closes, at the latest).
+ */
+export function make(options: SpawnerOptions & { readonly kind: "llama.cpp" }): Effect.Effect<Spawner["Type"], SpawnError, FileSystem.FileSystem>
+export function make(options: SpawnerOptions): Effect.Effect<Spawner["Type"], SpawnError, FileSystem.FileSystem | HttpClient.HttpClient | Scope.Scope>
+export function make(options: SpawnerOptions): Effect.Effect<Spawner["Type"], SpawnError, FileSystem.FileSystem | HttpClient.HttpClient | Scope.Scope> {
+  return options.kind === "ollama" ? makeOllama(options) : makeLlama(options)
+}
 
-/** The spawner from `CompanionConfig`: `runtime.*`, with `admission.maxInFlight` slots and `stopGrace`. */
+export function layer(options: SpawnerOptions & { readonly kind: "llama.cpp" }): Layer.Layer<Spawner, SpawnError, FileSystem.FileSystem>
+export function layer(options: SpawnerOptions): Layer.Layer<Spawner, SpawnError, FileSystem.FileSystem | HttpClient.HttpClient>
+export function layer(options: SpawnerOptions): Layer.Layer<Spawner, SpawnError, FileSystem.FileSystem | HttpClient.HttpClient> {
+  return Layer.scoped(Spawner, make(options))
+}
+
 export const layerConfig = Layer.unwrapEffect(Effect.map(readConfig, (config) => layer(optionsFrom(config))))
 
 export const optionsFrom = (config: CompanionConfig): SpawnerOptions => ({
@@ -372,5 +466,7 @@ export const optionsFrom = (config: CompanionConfig): SpawnerOptions => ({
   chatTemplateFile: Option.getOrUndefined(config.policy.chatTemplateFile),
   envAllowlist: config.runtime.envAllowlist,
   addressTimeout: config.runtime.addressTimeout,
-  stopGrace: config.stopGrace
+  stopGrace: config.stopGrace,
+  // Absolute: Ollama names a blob by its full path, which readiness compares.
+  modelsDirectory: resolve(config.storeDir, "ollama")
 })

@@ -79,7 +79,11 @@ const spawnMessages = {
   help_failed: "The runtime binary did not answer --help, so its hardening flags are unknown.",
   unverified_model: "Only a model verified by the model store can be started.",
   address_not_reported: "The runtime did not report its listening address.",
-  exited_early: "The runtime process exited before it reported its address."
+  exited_early: "The runtime process exited before it reported its address.",
+  models_dir_unsafe: "The runtime's private model directory is a link, not a directory, belongs to another user, or can be written by others.",
+  blob_refused: "The runtime refused the verified model's bytes.",
+  import_failed: "The runtime could not import the verified model.",
+  import_timeout: "The runtime did not import the verified model in time."
 } as const
 
 export class SpawnError extends ReasonError("SpawnError", spawnMessages) {}
@@ -87,7 +91,8 @@ export class SpawnError extends ReasonError("SpawnError", spawnMessages) {}
 const healthMessages = {
   unreachable: "The runtime's health endpoint could not be reached.",
   probe_timeout: "The runtime's health probe timed out.",
-  unhealthy: "The runtime reported that it is unhealthy."
+  unhealthy: "The runtime reported that it is unhealthy.",
+  wrong_model: "The runtime does not serve the verified model under the model's name."
 } as const
 
 export class HealthError extends ReasonError("HealthError", healthMessages) {}
@@ -103,7 +108,8 @@ export class ResourceStatError extends ReasonError("ResourceStatError", resource
 const startMessages = {
   load_deadline_exceeded: "The runtime did not become healthy before the load deadline.",
   health_failed: "The runtime reported a failure while loading.",
-  exited_while_starting: "The runtime process exited while starting."
+  exited_while_starting: "The runtime process exited while starting.",
+  model_mismatch: "The runtime does not serve the verified model under the model's name."
 } as const
 
 export class StartError extends ReasonError("StartError", startMessages) {}

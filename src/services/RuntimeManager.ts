@@ -36,7 +36,10 @@ export interface ManagerStatus {
   readonly circuitOpen: boolean
   /** When a request last entered or left (epoch milliseconds). */
   readonly lastActivity: number
-  /** The runtime's last measured RAM and VRAM (0 before any measurement, and when not running). */
+  /**
+   * The runtime's last measured RAM and VRAM (0 before any measurement, when not running, and on a
+   * runtime shared with other models, Ollama, whose process tree holds them all).
+   */
   readonly ramBytes: number
   readonly vramBytes: number
   /** Stopped but loaded again by the next request (unloaded while idle, or not preloaded). */

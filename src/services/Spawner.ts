@@ -26,6 +26,17 @@ export interface RuntimeHandle {
   readonly stop: (grace: Duration.DurationInput) => Effect.Effect<ExitStatus>
   /** The runtime's last lines of output, with the key scrubbed, for diagnostics. */
   readonly output: Effect.Effect<ReadonlyArray<string>>
+  /**
+   * For a runtime that serves models by name from a store of its own (Ollama): the name it serves
+   * this model under and the file that must back that name (the verified blob), for the health
+   * probe to check. Absent for llama-server, which serves the descriptor it was handed.
+   */
+  readonly serves?: { readonly name: string; readonly blobPath: string } | undefined
+  /**
+   * The process also serves other models (one Ollama for a pool): `pid`'s measurements are the
+   * whole process tree's, not this model's, so a pool counts the model at its estimate.
+   */
+  readonly shared?: boolean | undefined
 }
 
 /** What one spawn sets for its model, over the layer's options: the pool runs each model its own way. */

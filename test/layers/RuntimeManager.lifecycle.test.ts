@@ -111,6 +111,19 @@ describe("RuntimeManager.start", () => {
       assert.strictEqual(yield* (yield* SpawnerControl).alive, 0)
     }).pipe(Effect.provide(managerLayer())))
 
+  it.effect("a runtime that serves the name from another file (Ollama's wrong blob) fails the start as model_mismatch", () =>
+    Effect.gen(function*() {
+      const health = yield* HealthProbeControl
+      yield* health.answers(new HealthError({ reason: "wrong_model" }))
+      const manager = yield* RuntimeManager
+      yield* (yield* DownloaderControl).serve(SOURCE, MODEL)
+      const fiber = yield* Effect.fork(manager.start)
+      yield* TestClock.adjust("50 millis")
+      yield* expectFailure(Fiber.join(fiber), "StartError", "model_mismatch")
+      assert.strictEqual(yield* (yield* SpawnerControl).alive, 0)
+      assert.strictEqual((yield* manager.status).state, "stopped")
+    }).pipe(Effect.provide(managerLayer())))
+
   it.scoped("a process that exits while starting fails the start through `exited`", () =>
     Effect.gen(function*() {
       const health = yield* HealthProbeControl

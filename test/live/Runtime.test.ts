@@ -1,7 +1,7 @@
 /**
  * The live layers together against real processes and sockets: a real llama-server (built or found
  * by globalSetup) serving the tiny GGUF from a local HTTPS origin, stand-in processes where a real
- * runtime cannot show a behaviour (never healthy, ignores SIGTERM, Ollama), and a manager process
+ * runtime cannot show a behaviour (never healthy, ignores SIGTERM; Ollama's are in Ollama.test.ts), and a manager process
  * killed with SIGKILL.
  */
 import { spawn } from "node:child_process"
@@ -96,7 +96,7 @@ const hashedBytes = Effect.map(Metric.value(storeMetrics.hashedBytes), (state) =
 
 /** A Spawner that also records every handle it returns. */
 const recording = (options: SpawnerLive.SpawnerOptions, handles: Ref.Ref<ReadonlyArray<RuntimeHandle>>) =>
-  Layer.effect(
+  Layer.scoped(
     Spawner,
     Effect.map(SpawnerLive.make(options), (live) =>
       Spawner.of({ spawn: (m) => Effect.tap(live.spawn(m), (h) => Ref.update(handles, (all) => [...all, h])) }))
@@ -502,37 +502,5 @@ describe("live: stand-in runtimes", () => {
       ).pipe(Effect.provide(NodeContext.layer)),
       "SpawnError",
       "exited_early"
-    ), 30_000)
-
-  it.live("Ollama adapter (stand-in): OLLAMA_HOST on a free loopback port, ready on GET /api/tags", () =>
-    Effect.scoped(
-      Effect.gen(function*() {
-        const spawner = yield* SpawnerLive.make({ kind: "ollama", binary: standin("ollama"), parallel: 1 })
-        const probe = yield* HealthProbeLive.make("ollama")
-        const handle = yield* spawner.spawn(yield* model())
-        const port = Number(/:(\d+)$/.exec(handle.baseUrl)?.[1])
-        const health = yield* probe.probe(handle).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
-        assert.strictEqual(health, "ok")
-        const environ = readFileSync(`/proc/${handle.pid}/environ`, "utf8").split("\0")
-        assert.include(environ, `OLLAMA_HOST=127.0.0.1:${port}`)
-        assert.isFalse(environ.some((e) => e.startsWith("LLAMA_API_KEY=")))
-        assert.deepStrictEqual(readFileSync(`/proc/${handle.pid}/cmdline`, "utf8").split("\0").slice(-2), ["serve", ""])
-        yield* handle.stop("2 seconds")
-        assert.isTrue(gone(handle.pid))
-      }).pipe(Effect.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layerUndici)))
-    ), 30_000)
-
-  it.live("Ollama adapter (stand-in): a port taken at spawn is retried on a new one", () =>
-    Effect.scoped(
-      Effect.gen(function*() {
-        const marker = join(work, "ollama-taken-marker")
-        const spawner = yield* SpawnerLive.make({ kind: "ollama", binary: standin("ollama-taken-once", marker), parallel: 1 })
-        const probe = yield* HealthProbeLive.make("ollama")
-        const handle = yield* spawner.spawn(yield* model())
-        assert.isTrue(existsSync(marker)) // the first launch ran and failed
-        const health = yield* probe.probe(handle).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
-        assert.strictEqual(health, "ok")
-        yield* handle.stop("2 seconds")
-      }).pipe(Effect.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layerUndici)))
     ), 30_000)
 })
