@@ -11,6 +11,7 @@ import * as TestLayers from "../src/layers/TestLayers.js"
 import { RuntimeManager } from "../src/services/RuntimeManager.js"
 import { ConfigProvider } from "effect"
 import { createHash } from "node:crypto"
+import { tinyGguf } from "../src/testing/ModelFixtures.js"
 import { machine, median, today, writeSection } from "./report.js"
 
 const ROUNDS = 7
@@ -18,7 +19,7 @@ const N = 20_000
 const CONTENDERS = 64
 const MAX_IN_FLIGHT = 8
 
-const model = new Uint8Array(4096).map((_, i) => i & 0xff)
+const model = tinyGguf()
 const source = "https://models.example.com/bench/model.gguf"
 const config = ConfigProvider.fromJson({
   storeDir: "/store",

@@ -4,10 +4,12 @@
  *   ensureModel  ModelStore.ensure over DownloaderLive onto disk (verify while streaming,
  *                fsync, rename)
  *   plain        undici body piped to a file: no verification at all
+ *   plain-fsync  plain, then the file and its directory fsynced: ensureModel's durability, no verification
  *   then-hash    plain, then a second pass reading the file through SHA-256 (what Ollama does)
  */
 import { createHash } from "node:crypto"
-import { createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync } from "node:fs"
+import { closeSync, createReadStream, createWriteStream, fsyncSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs"
+import { dirname } from "node:path"
 import { rootCertificates } from "node:tls"
 import { pipeline } from "node:stream/promises"
 import { performance } from "node:perf_hooks"
@@ -29,6 +31,19 @@ const plain = async (dest: string) => {
   const agent = new Undici.Agent({ connect: { ca: [...rootCertificates, ca] } })
   const response = await agent.request({ origin: new URL(url).origin, path: new URL(url).pathname, method: "GET" })
   await pipeline(response.body, createWriteStream(dest, { mode: 0o600 }))
+  await agent.close()
+}
+
+const plainFsync = async (dest: string) => {
+  const fd = openSync(dest, "w", 0o600)
+  const agent = new Undici.Agent({ connect: { ca: [...rootCertificates, ca] } })
+  const response = await agent.request({ origin: new URL(url).origin, path: new URL(url).pathname, method: "GET" })
+  await pipeline(response.body, createWriteStream("", { fd, autoClose: false }))
+  fsyncSync(fd)
+  closeSync(fd)
+  const dir = openSync(dirname(dest), "r")
+  fsyncSync(dir)
+  closeSync(dir)
   await agent.close()
 }
 
@@ -70,6 +85,7 @@ const started = performance.now()
 let measured: { ms: number; cpuMs: number } | undefined
 if (variant === "ensureModel") measured = await ensureModel()
 else if (variant === "plain") await plain(`${dir}/model.bin`)
+else if (variant === "plain-fsync") await plainFsync(`${dir}/model.bin`)
 else if (variant === "then-hash") {
   await plain(`${dir}/model.bin`)
   await hashFile(`${dir}/model.bin`)

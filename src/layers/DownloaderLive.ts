@@ -17,9 +17,9 @@
  * No URL, header or platform error text crosses into a `DownloadError`.
  */
 import { FileSystem, HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
-import { NodeHttpClient, NodeStream } from "@effect/platform-node"
+import { NodeHttpClient } from "@effect/platform-node"
 import * as Undici from "@effect/platform-node/Undici"
-import { Clock, ConfigError, Duration, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
+import { Chunk, Clock, ConfigError, Duration, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
 import * as Hub from "../domain/Hub.js"
 import { type CompanionConfig, modelsOf, readConfig } from "../config/Config.js"
 import { Readable } from "node:stream"
@@ -128,15 +128,75 @@ export const rateFloor = (minRate: number, windowMillis: number) => {
   return Object.assign(below, { held: () => samples.length })
 }
 
+/** How long a batch that has not reached `READ_CHUNK_BYTES` waits before it is handed over anyway. */
+const BATCH_WAIT_MILLIS = 20
+
 /**
- * The body as a stream of chunks of up to `READ_CHUNK_BYTES`, failing with `stall_timeout` when no
- * byte arrives for `stall`, and with `download_too_slow` under the rate floor.
+ * A Node readable's own chunks (no copy), handed over in batches of about `READ_CHUNK_BYTES` (or
+ * whatever arrived within `BATCH_WAIT_MILLIS`): the consumer wakes once per batch, not once per
+ * TLS record. The readable is paused while a batch waits for the consumer (at most two batches
+ * queued), so memory stays bounded. `arrived` counts every byte as it comes, for the watchdog.
+ * Written here: `NodeStream.fromReadable` either wakes per record or, asked for 1 MiB reads,
+ * joins the records into a new buffer each time (a copy the GC frees late: the RSS in
+ * docs/benchmarks.md).
+ */
+const batched = (readable: Readable, arrived: (bytes: number) => void, onError: () => DownloadError) =>
+  Stream.async<Uint8Array, DownloadError>((emit) => {
+    let pending: Array<Uint8Array> = []
+    let pendingBytes = 0
+    let timer: ReturnType<typeof setTimeout> | undefined
+    let ended = false
+    let flushing = false
+    const flush = (): void => {
+      if (timer !== undefined) clearTimeout(timer)
+      timer = undefined
+      if (flushing) return
+      if (pending.length === 0) {
+        if (ended) void emit.end()
+        return
+      }
+      const out = pending
+      pending = []
+      pendingBytes = 0
+      flushing = true
+      readable.pause()
+      void emit.chunk(Chunk.unsafeFromArray(out)).then(() => {
+        flushing = false
+        if (ended || pendingBytes >= READ_CHUNK_BYTES) return flush()
+        readable.resume()
+        if (pending.length > 0 && timer === undefined) timer = setTimeout(flush, BATCH_WAIT_MILLIS)
+      })
+    }
+    readable.on("data", (chunk: Uint8Array) => {
+      pending.push(chunk)
+      pendingBytes += chunk.length
+      arrived(chunk.length)
+      if (pendingBytes >= READ_CHUNK_BYTES) flush()
+      else if (timer === undefined) timer = setTimeout(flush, BATCH_WAIT_MILLIS)
+    })
+    readable.once("end", () => {
+      ended = true
+      flush()
+    })
+    readable.once("error", () => void emit.fail(onError()))
+    readable.once("close", () => {
+      if (!ended && !readable.readableEnded) void emit.fail(onError())
+    })
+    return Effect.sync(() => {
+      if (timer !== undefined) clearTimeout(timer)
+      readable.destroy()
+    })
+  }, 2)
+
+/**
+ * The body as a stream of chunks, failing with `stall_timeout` when no byte arrives for `stall`,
+ * and with `download_too_slow` under the rate floor.
  *
- * On the undici client the response carries its Node readable (`source.body`): reading it 1 MiB
- * at a time hands over a few large chunks instead of one per TLS record (16 KiB), which is where
- * the stream's per-chunk cost went (docs/benchmarks.md). A chunk then takes a while to fill, so
- * stall and rate are judged by bytes, not chunks: a watchdog looks at bytes consumed plus bytes
- * buffered. Any other client's stream is used as it is, judged by the bytes it has handed over.
+ * On the undici client the response carries its Node readable (`source.body`), read in batches
+ * (`batched`): a few wake-ups per MiB instead of one per TLS record (16 KiB), which is where the
+ * stream's per-chunk cost went (docs/benchmarks.md), and no copy. Stall and rate are judged by
+ * bytes as they arrive. Any other client's stream is used as it is, judged by the bytes it has
+ * handed over.
  */
 const bodyOf = (
   response: HttpClientResponse.HttpClientResponse,
@@ -157,7 +217,7 @@ const bodyOf = (
     for (;;) {
       yield* Effect.sleep(Duration.millis(tick))
       const now = yield* Clock.currentTimeMillis
-      const total = consumed + (readable?.readableLength ?? 0)
+      const total = consumed
       if (total !== seen) {
         seen = total
         movedAt = now
@@ -168,12 +228,9 @@ const bodyOf = (
     }
   })
   const chunks = readable === undefined
-    ? Stream.mapError(response.stream, connectionFailed)
-    : NodeStream.fromReadable<DownloadError, Uint8Array>(() => readable, connectionFailed, { chunkSize: READ_CHUNK_BYTES })
-  return chunks.pipe(
-    Stream.tap((chunk) => Effect.sync(() => void (consumed += chunk.length))),
-    Stream.interruptWhen(watchdog)
-  )
+    ? Stream.mapError(response.stream, connectionFailed).pipe(Stream.tap((chunk) => Effect.sync(() => void (consumed += chunk.length))))
+    : batched(readable, (bytes) => void (consumed += bytes), connectionFailed)
+  return chunks.pipe(Stream.interruptWhen(watchdog))
 }
 
 /** Builds the Downloader from an HttpClient that does not follow redirects by itself. */

@@ -406,6 +406,11 @@ const make = () => {
             if (!writable) return Effect.fail(storeError("file_io_failed"))
             return Effect.zipRight(storeGuard("write"), Effect.sync(() => writeAt(inode, inode.length, bytes)))
           }),
+        appendAll: (chunks) =>
+          Effect.suspend(() => {
+            if (!writable) return Effect.fail(storeError("file_io_failed"))
+            return Effect.zipRight(storeGuard("write"), Effect.sync(() => chunks.forEach((bytes) => writeAt(inode, inode.length, bytes))))
+          }),
         sync: Effect.zipRight(storeGuard("sync"), Effect.sync(() => void syncs++))
       })
     )

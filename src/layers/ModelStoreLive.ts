@@ -25,6 +25,7 @@ import {
   Either,
   ExecutionStrategy,
   Exit,
+  Fiber,
   Layer,
   Metric,
   Option,
@@ -64,6 +65,9 @@ export interface ModelStoreOptions {
 const HEADER_PREFIX = 1024 * 1024
 /** The first prefix a download's screen looks at; it asks for more when the header is longer. */
 const SCREEN_FIRST = 64 * 1024
+
+/** A download is fsynced in the background every this many bytes (see `downloadOnce`). */
+const SYNC_EVERY_BYTES = 64 * 1024 * 1024
 /** The most a download's screen keeps in memory; a header longer than this is judged on disk instead. */
 const SCREEN_BYTES = 64 * 1024 * 1024
 
@@ -280,22 +284,38 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
           }
           let received = offset
           const out = file
+          // Synced as it goes, in the background, so the final fsync has little left to flush:
+          // waiting for a whole model's dirty pages at the end is time a paced link already gave.
+          let unsynced = 0
+          let syncing: Fiber.RuntimeFiber<void, StoreFileError> | undefined
           // Only a download from the first byte is screened: a resume's head is on disk already.
           const look = offset === 0 ? screening(screen, spec.sizeBytes) : undefined
           yield* body.bytes.pipe(
             Stream.runForEachChunk((chunks) =>
               Effect.gen(function*() {
-                const batch = chunks.length === 1 ? Chunk.unsafeHead(chunks) : Buffer.concat(Chunk.toArray(chunks))
-                // Refused before it is written: the file never holds a byte past the expected size.
-                yield* verifier.update(batch)
-                if (look !== undefined) yield* look(batch)
-                yield* Effect.mapError(out.append(batch), io)
-                received += batch.length
-                yield* Metric.incrementBy(metrics.downloadedBytes, batch.length)
+                // The chunks as they came off the socket, never joined (a copy the GC frees late).
+                const batch = Chunk.toReadonlyArray(chunks)
+                let bytes = 0
+                for (const chunk of batch) {
+                  // Refused before it is written: the file never holds a byte past the expected size.
+                  yield* verifier.update(chunk)
+                  if (look !== undefined) yield* look(chunk)
+                  bytes += chunk.length
+                }
+                yield* Effect.mapError(out.appendAll(batch), io)
+                unsynced += bytes
+                if (unsynced >= SYNC_EVERY_BYTES && (syncing === undefined || syncing.unsafePoll() !== null)) {
+                  if (syncing !== undefined) yield* Effect.mapError(Fiber.join(syncing), io)
+                  unsynced = 0
+                  syncing = yield* Effect.forkScoped(out.sync)
+                }
+                received += bytes
+                yield* Metric.incrementBy(metrics.downloadedBytes, bytes)
                 yield* SubscriptionRef.set(progress, { receivedBytes: received, expectedBytes: spec.sizeBytes })
               })
             )
           )
+          if (syncing !== undefined) yield* Effect.mapError(Fiber.join(syncing), io)
           yield* Effect.mapError(file.sync, io)
         }
         yield* verifier.finalize()

@@ -69,6 +69,20 @@ const handle = (fd: number): StoreFile => ({
           )
       return writeFrom(0)
     }),
+  appendAll: (chunks) =>
+    Effect.suspend(() => {
+      // `writev` may write fewer bytes than asked: go on from the first byte it did not write.
+      const writeFrom = (rest: ReadonlyArray<Uint8Array>): Effect.Effect<void, StoreFileError> => {
+        if (rest.length === 0) return Effect.void
+        return Effect.flatMap(call<number>((done) => NodeFs.writev(fd, rest as Array<Uint8Array>, null, done)), (n) => {
+          let i = 0
+          let left = n
+          while (i < rest.length && left >= rest[i]!.length) left -= rest[i++]!.length
+          return writeFrom(i < rest.length ? [rest[i]!.subarray(left), ...rest.slice(i + 1)] : [])
+        })
+      }
+      return writeFrom(chunks.filter((c) => c.length > 0))
+    }),
   sync: call<void>((done) => NodeFs.fsync(fd, done))
 })
 

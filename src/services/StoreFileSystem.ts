@@ -49,6 +49,8 @@ export interface StoreFile {
   readonly read: (position: number, length: number) => Effect.Effect<Uint8Array, StoreFileError>
   /** Append all of `bytes` (files opened for writing only). */
   readonly append: (bytes: Uint8Array) => Effect.Effect<void, StoreFileError>
+  /** Append all of `chunks`, in order, without joining them first (one `writev` where it can). */
+  readonly appendAll: (chunks: ReadonlyArray<Uint8Array>) => Effect.Effect<void, StoreFileError>
   readonly sync: Effect.Effect<void, StoreFileError>
 }
 
