@@ -301,6 +301,15 @@ export const CompanionConfigSchema = Schema.Struct({
         onRight: () => []
       })
     )
+    // Ollama takes `chat`, `Chat` and `chat:latest` for one name: two of them would re-point each other.
+    if (config.runtime.kind === "ollama") {
+      const seen = new Set<string>()
+      for (const name of Object.keys(config.models ?? {}).sort()) {
+        const ollama = (name.includes(":") ? name : `${name}:latest`).toLowerCase()
+        if (seen.has(ollama)) issues.push({ path: ["models", name], message: "names the same Ollama model as another entry" })
+        seen.add(ollama)
+      }
+    }
     return issues.length === 0 ? undefined : issues
   })
 )

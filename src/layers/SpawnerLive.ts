@@ -399,16 +399,34 @@ const makeOllama = (options: SpawnerOptions) =>
       ),
       options.linger ?? Duration.seconds(30)
     )
+    /** Names held by a live model, as Ollama compares them: a second would re-point the first. */
+    const held = new Set<string>()
     const spawn = (model: VerifiedModel, perSpawn: SpawnOptions = {}) =>
       Effect.gen(function*() {
-        const ollama = yield* server.get
         const alias = perSpawn.alias ?? options.alias ?? "model"
-        const serverExited = Effect.zipRight(ollama.exited, Effect.fail(new SpawnError({ reason: "exited_early" })))
-        yield* Ollama.importModel(client, ollama.baseUrl, model, alias).pipe(
-          Effect.timeoutFail({ duration: importTimeout, onTimeout: () => new SpawnError({ reason: "import_timeout" }) }),
-          Effect.raceFirst(serverExited)
+        const name = Ollama.ollamaName(alias)
+        yield* Effect.acquireRelease(
+          Effect.suspend(() => (held.has(name) ? Effect.fail(new SpawnError({ reason: "name_in_use" })) : Effect.sync(() => void held.add(name)))),
+          () => Effect.sync(() => void held.delete(name))
         )
-        const serves = { name: alias, blobPath: Ollama.blobPath(directory, model.sha256) }
+        const ollama = yield* server.get
+        const serverExited = Effect.zipRight(ollama.exited, Effect.fail(new SpawnError({ reason: "exited_early" })))
+        // Interruptible even in a caller's uninterruptible region (an acquire): its races must be
+        // able to stop their losers.
+        yield* Ollama.importModel(client, ollama.baseUrl, model, alias, perSpawn.contextSize ?? options.contextSize).pipe(
+          Effect.timeoutFail({ duration: importTimeout, onTimeout: () => new SpawnError({ reason: "import_timeout" }) }),
+          Effect.raceFirst(serverExited),
+          Effect.interruptible
+        )
+        const blobPath = Ollama.blobPath(directory, model.sha256)
+        // The name as this import made it: from now on, any change to it is someone else's.
+        // (One that names another blob is not kept: readiness then answers `wrong_model`.)
+        const modelfile = yield* Ollama.showModelfile(client, ollama.baseUrl, alias).pipe(
+          Effect.map((text) => (text !== undefined && Ollama.modelfileFrom(text) === blobPath ? text : undefined)),
+          Effect.mapError(() => new SpawnError({ reason: "import_failed" })),
+          Effect.interruptible
+        )
+        const serves = { name: alias, blobPath, modelfile }
         // Ollama takes no key: any local process may re-point the name. Checked while it serves;
         // a mismatch ends this model's handle as an exit would, and the manager takes it from there.
         const replaced = yield* Deferred.make<ExitStatus>()
@@ -419,6 +437,8 @@ const makeOllama = (options: SpawnerOptions) =>
           Effect.delay(verifyInterval),
           Effect.zipRight(Effect.logWarning("the runtime's model name was re-pointed; stopping it")),
           Effect.zipRight(Deferred.succeed(replaced, { code: null, signal: null })),
+          // Forked interruptible, whatever region the spawn runs in: the scope's close stops it.
+          Effect.interruptible,
           Effect.forkScoped
         )
         const handle: RuntimeHandle = {

@@ -83,7 +83,8 @@ const spawnMessages = {
   models_dir_unsafe: "The runtime's private model directory is a link, not a directory, belongs to another user, or can be written by others.",
   blob_refused: "The runtime refused the verified model's bytes.",
   import_failed: "The runtime could not import the verified model.",
-  import_timeout: "The runtime did not import the verified model in time."
+  import_timeout: "The runtime did not import the verified model in time.",
+  name_in_use: "Another model on the runtime already has this name."
 } as const
 
 export class SpawnError extends ReasonError("SpawnError", spawnMessages) {}

@@ -31,7 +31,12 @@ export interface RuntimeHandle {
    * this model under and the file that must back that name (the verified blob), for the health
    * probe to check. Absent for llama-server, which serves the descriptor it was handed.
    */
-  readonly serves?: { readonly name: string; readonly blobPath: string } | undefined
+  readonly serves?: {
+    readonly name: string
+    readonly blobPath: string
+    /** The runtime's description of the name as this service made it: any change is a re-pointed name. */
+    readonly modelfile?: string | undefined
+  } | undefined
   /**
    * The process also serves other models (one Ollama for a pool): `pid`'s measurements are the
    * whole process tree's, not this model's, so a pool counts the model at its estimate.

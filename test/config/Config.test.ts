@@ -280,6 +280,15 @@ describe("several models", () => {
       assert.notInclude(bad.join("\n"), "secret-value")
     }))
 
+  it.effect("with Ollama, two names it takes for one (case, `:latest`) are refused; with llama.cpp they are two models", () =>
+    Effect.gen(function*() {
+      const allowedSources = full.allowedSources
+      const models = { chat: entry("chat"), "Chat:latest": entry("chat2"), other: entry("other") }
+      assert.deepStrictEqual(yield* problemsOf({ models, allowedSources, runtime: { kind: "ollama" } }), ["models.chat: names the same Ollama model as another entry"])
+      const ok = yield* decodeFile({ models, allowedSources })
+      assert.strictEqual(modelsOf(ok).length, 3)
+    }))
+
   it.effect("each entry takes the top-level settings it does not set; both readers give the models in the order of their names", () =>
     Effect.gen(function*() {
       const json = {

@@ -176,6 +176,8 @@ describe("live: the Ollama adapter (stand-in)", () => {
             `HEAD /api/blobs/sha256:${sha256Hex(A)}`,
             `POST /api/blobs/sha256:${sha256Hex(A)}`,
             "POST /api/create",
+            // The name as the import made it, kept: any later change is someone else's.
+            "POST /api/show",
             "GET /api/tags",
             "POST /api/show"
           ]
@@ -200,6 +202,17 @@ describe("live: the Ollama adapter (stand-in)", () => {
         assert.isFalse(gone(handle.pid))
       }).pipe(Effect.provide(live))
     ), 30_000)
+
+  it.live("two names Ollama takes for one cannot both be live: name_in_use", () =>
+    Effect.gen(function*() {
+      mkdirSync(join(work, "store-9"), { recursive: true, mode: 0o700 })
+      const spawner = yield* SpawnerLive.make(spawnerOptions("ollama", join(work, "store-9", "ollama")))
+      yield* spawner.spawn(yield* verifiedModel(join(work, "verified-9"), A), { alias: "chat" })
+      yield* expectFailure(spawner.spawn(yield* verifiedModel(join(work, "verified-9b"), B), { alias: "Chat:latest" }), "SpawnError", "name_in_use")
+      // Once the first is gone, the name is free again.
+      const again = yield* Effect.scoped(Effect.flatMap(verifiedModel(join(work, "verified-9c"), B), (m) => Effect.map(spawner.spawn(m, { alias: "other" }), (h) => h.serves?.name)))
+      assert.strictEqual(again, "other")
+    }).pipe(Effect.scoped, Effect.provide(live)), 30_000)
 
   it.live("the process stops with the last model's scope, and a new spawn starts a new one", () =>
     Effect.gen(function*() {

@@ -80,7 +80,7 @@ const answerText = (response: HttpClientResponse.HttpClientResponse) => Effect.o
  * Import the verified model into the Ollama at `baseUrl` under `alias`: the blob (unless it is held),
  * then the name. Every failure is `import_failed`, but bytes Ollama refused are `blob_refused`.
  */
-export const importModel = (client: HttpClient.HttpClient, baseUrl: string, model: VerifiedModel, alias: string) =>
+export const importModel = (client: HttpClient.HttpClient, baseUrl: string, model: VerifiedModel, alias: string, contextSize?: number) =>
   Effect.gen(function*() {
     const digest = `sha256:${model.sha256}`
     const held = yield* client.execute(HttpClientRequest.head(`${baseUrl}/api/blobs/${digest}`)).pipe(
@@ -102,7 +102,13 @@ export const importModel = (client: HttpClient.HttpClient, baseUrl: string, mode
       if (status !== 201 && status !== 200) return yield* importFailed()
     }
     const created = yield* HttpClientRequest.post(`${baseUrl}/api/create`).pipe(
-      HttpClientRequest.bodyUnsafeJson({ model: alias, files: { "model.gguf": digest }, stream: false }),
+      // The context the memory estimate counted (`num_ctx`), not one Ollama picks for itself.
+      HttpClientRequest.bodyUnsafeJson({
+        model: alias,
+        files: { "model.gguf": digest },
+        ...(contextSize !== undefined ? { parameters: { num_ctx: contextSize } } : {}),
+        stream: false
+      }),
       client.execute,
       Effect.flatMap((response) => Effect.map(answerText(response), (text) => response.status === 200 && Option.isSome(Schema.decodeUnknownOption(CreateAnswer)(text)))),
       Effect.scoped,
@@ -114,41 +120,62 @@ export const importModel = (client: HttpClient.HttpClient, baseUrl: string, mode
 const Tags = Schema.parseJson(Schema.Struct({ models: Schema.Array(Schema.Struct({ name: Schema.String })) }))
 const Show = Schema.parseJson(Schema.Struct({ modelfile: Schema.String }))
 
-/** The blob a Modelfile serves: its one uncommented `FROM` line. */
+/**
+ * The blob a Modelfile serves: its one uncommented `FROM` line, and nothing that changes what the
+ * model does beyond the file (an `ADAPTER` or `DRAFT` model, a `SYSTEM` prompt, `MESSAGE`s): this
+ * service never asks for those, so a name that has them was re-pointed by someone else.
+ */
 export const modelfileFrom = (modelfile: string): string | undefined => {
-  const froms = modelfile.split("\n").map((line) => /^FROM (.+)$/.exec(line.trim())?.[1]).filter((from) => from !== undefined)
+  const lines = modelfile.split("\n").map((line) => line.trim())
+  if (lines.some((line) => /^(ADAPTER|DRAFT|SYSTEM|MESSAGE)\b/i.test(line))) return undefined
+  const froms = lines.map((line) => /^FROM (.+)$/.exec(line)?.[1]).filter((from) => from !== undefined)
   return froms.length === 1 ? froms[0] : undefined
 }
 
 const mismatch = () => new HealthError({ reason: "wrong_model" })
 
+/** `/api/show`'s Modelfile for a name: `wrong_model` when the name is unknown (404); an error of Ollama's own (5xx) is `unreachable` (asked again). */
+export const showModelfile = (client: HttpClient.HttpClient, baseUrl: string, name: string) =>
+  HttpClientRequest.post(`${baseUrl}/api/show`).pipe(
+    HttpClientRequest.bodyUnsafeJson({ model: name }),
+    client.execute,
+    Effect.flatMap((response) =>
+      response.status === 200
+        ? answerText(response)
+        : Effect.fail(new HealthError({ reason: response.status === 404 ? "wrong_model" : "unreachable" }))
+    ),
+    Effect.scoped,
+    Effect.mapError((e) => (e._tag === "HealthError" ? e : new HealthError({ reason: "unreachable" }))),
+    Effect.map((text) => Option.getOrUndefined(Option.map(Schema.decodeUnknownOption(Show)(text), ({ modelfile }) => modelfile)))
+  )
+
 /**
  * Readiness of a model on Ollama: `/api/tags` answers and lists the name, and `/api/show` for it
- * names the verified blob. Not answering is `unreachable`; a name missing or backed by another file
- * is `wrong_model`.
+ * names the verified blob and nothing else that changes the model (and, once known, is the very
+ * Modelfile the import made). Not answering, or an error of Ollama's own, is `unreachable`; a name
+ * missing or changed is `wrong_model`.
  */
-export const servesVerified = (client: HttpClient.HttpClient, baseUrl: string, serves: { readonly name: string; readonly blobPath: string }) =>
+export const servesVerified = (
+  client: HttpClient.HttpClient,
+  baseUrl: string,
+  serves: { readonly name: string; readonly blobPath: string; readonly modelfile?: string | undefined }
+) =>
   Effect.gen(function*() {
     const tags = yield* client.get(`${baseUrl}/api/tags`).pipe(
-      Effect.flatMap((response) => response.status === 200 ? answerText(response) : Effect.fail(new HealthError({ reason: "unhealthy" }))),
+      Effect.flatMap((response) =>
+        response.status === 200 ? answerText(response) : Effect.fail(new HealthError({ reason: response.status >= 500 ? "unreachable" : "unhealthy" }))
+      ),
       Effect.scoped,
       Effect.catchTag("RequestError", () => Effect.fail(new HealthError({ reason: "unreachable" }))),
       Effect.catchTag("ResponseError", () => Effect.fail(new HealthError({ reason: "unhealthy" })))
     )
-    const listed = Option.match(Schema.decodeUnknownOption(Tags)(tags), {
-      onNone: () => false,
-      onSome: ({ models }) => models.some((m) => m.name.toLowerCase() === ollamaName(serves.name))
-    })
-    if (!listed) return yield* mismatch()
-    const shown = yield* HttpClientRequest.post(`${baseUrl}/api/show`).pipe(
-      HttpClientRequest.bodyUnsafeJson({ model: serves.name }),
-      client.execute,
-      Effect.flatMap((response) => response.status === 200 ? answerText(response) : Effect.succeed("")),
-      Effect.scoped,
-      Effect.mapError(() => new HealthError({ reason: "unreachable" }))
-    )
-    const from = Option.flatMap(Schema.decodeUnknownOption(Show)(shown), ({ modelfile }) => Option.fromNullable(modelfileFrom(modelfile)))
-    if (Option.getOrUndefined(from) !== serves.blobPath) return yield* mismatch()
+    const decoded = Schema.decodeUnknownOption(Tags)(tags)
+    // An answer that does not decode is Ollama's trouble, not a changed name: asked again.
+    if (Option.isNone(decoded)) return yield* new HealthError({ reason: "unreachable" })
+    if (!decoded.value.models.some((m) => m.name.toLowerCase() === ollamaName(serves.name))) return yield* mismatch()
+    const modelfile = yield* showModelfile(client, baseUrl, serves.name)
+    if (modelfile === undefined || modelfileFrom(modelfile) !== serves.blobPath) return yield* mismatch()
+    if (serves.modelfile !== undefined && modelfile !== serves.modelfile) return yield* mismatch()
     return "ok" as Health
   })
 
@@ -180,31 +207,44 @@ export const shared = <A extends { readonly exited: Effect.Effect<unknown> }, E>
       readonly scope: Scope.CloseableScope
       refs: number
       dead: boolean
+      /** Counts releases: a linger timer stops the entry only if none came after it. */
+      releases: number
     }
     const owner = yield* Effect.scope
     const lock = yield* Effect.makeSemaphore(1)
     let current: Entry | undefined
+    /** Every entry not yet stopped, the current one and any that crashed while lingering. */
+    const open = new Set<Entry>()
 
-    /** Under the lock: stop an entry nobody holds. */
-    const closeIfUnheld = (entry: Entry) =>
+    /** Under the lock: stop an entry. */
+    const stop = (entry: Entry) =>
       Effect.suspend(() => {
-        if (entry.refs > 0) return Effect.void
         if (current === entry) current = undefined
+        open.delete(entry)
         return Scope.close(entry.scope, Exit.void)
       })
 
     const release = (entry: Entry) =>
       lock.withPermits(1)(Effect.suspend(() => {
         entry.refs--
+        entry.releases++
         if (entry.refs > 0) return Effect.void
-        if (entry.dead || Duration.toMillis(Duration.decode(linger)) === 0) return closeIfUnheld(entry)
-        // Kept a while for the next model; a `get` meanwhile takes it again. (Forked from a
-        // finalizer, so its wait is made interruptible: the owner's close must not wait it out.)
-        return Effect.asVoid(Effect.forkIn(Effect.zipRight(Effect.interruptible(Effect.sleep(linger)), lock.withPermits(1)(closeIfUnheld(entry))), owner))
+        if (entry.dead || Duration.toMillis(Duration.decode(linger)) === 0) return stop(entry)
+        // Kept a while for the next model; a `get` meanwhile takes it again, and a later release
+        // starts the wait again. (Forked from a finalizer, so its wait is made interruptible: the
+        // owner's close must not wait it out.)
+        const at = entry.releases
+        return Effect.asVoid(Effect.forkIn(
+          Effect.zipRight(
+            Effect.interruptible(Effect.sleep(linger)),
+            lock.withPermits(1)(Effect.suspend(() => (entry.refs === 0 && entry.releases === at && open.has(entry) ? stop(entry) : Effect.void)))
+          ),
+          owner
+        ))
       }))
 
-    /** Under the lock: the live entry, or a new one (only its start is interruptible). */
-    const take = (restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) =>
+    /** Under the lock: the live entry (not one whose process has exited), or a new one (only its start is interruptible). */
+    const take =
       Effect.suspend(() => {
         const live = current
         if (live !== undefined && !live.dead) {
@@ -213,21 +253,35 @@ export const shared = <A extends { readonly exited: Effect.Effect<unknown> }, E>
         }
         return Effect.gen(function*() {
           const scope = yield* Scope.make()
-          const value = yield* restore(Scope.extend(acquire, scope)).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
-          const entry: Entry = { value, scope, refs: 1, dead: false }
-          // Forked from the uninterruptible region, so made interruptible: closing the scope stops it.
-          yield* Effect.forkIn(Effect.interruptible(Effect.andThen(value.exited, Effect.sync(() => (entry.dead = true)))), scope)
+          // Interruptible even for a caller in an uninterruptible region: the start's races must
+          // be able to stop their losers (the lock is held meanwhile).
+          const value = yield* Effect.interruptible(Scope.extend(acquire, scope)).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
+          const entry: Entry = { value, scope, refs: 1, dead: false, releases: 0 }
+          open.add(entry)
+          // Its exit is watched from the owner's scope: a process that died while lingering (no
+          // holder) is stopped at once, its group with it. Forked from the uninterruptible region,
+          // so made interruptible: the owner's close stops it.
+          yield* Effect.forkIn(
+            Effect.interruptible(Effect.andThen(
+              value.exited,
+              Effect.suspend(() => {
+                entry.dead = true
+                return lock.withPermits(1)(Effect.suspend(() => (entry.refs === 0 && open.has(entry) ? stop(entry) : Effect.void)))
+              })
+            )),
+            owner
+          )
           current = entry
           return entry
         })
       })
 
-    yield* Effect.addFinalizer(() => lock.withPermits(1)(Effect.suspend(() => (current === undefined ? Effect.void : Scope.close(current.scope, Exit.void)))))
+    yield* Effect.addFinalizer(() => lock.withPermits(1)(Effect.forEach([...open], stop, { discard: true })))
 
     const get: Effect.Effect<A, E, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
         yield* restore(lock.take(1))
-        const entry = yield* Effect.ensuring(take(restore), lock.release(1))
+        const entry = yield* Effect.ensuring(take, lock.release(1))
         yield* Effect.addFinalizer(() => release(entry))
         return entry.value
       })
