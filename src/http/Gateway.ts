@@ -11,7 +11,7 @@
  * chunk by chunk (`Relay.ts`); the slot is held until the last chunk or the client's disconnect,
  * which also aborts the upstream request. Every other answer comes from `Answers.ts`.
  */
-import { HttpRouter, HttpServer, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
+import { HttpMiddleware, HttpRouter, HttpServer, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
 import { Duration, Effect, Either, Layer, Option, type Redacted } from "effect"
 import type { Agent } from "node:http"
 import { type CompanionConfig, readConfig } from "../config/Config.js"
@@ -41,6 +41,8 @@ export interface GatewayOptions {
   readonly maxBodyBytes?: number | undefined
   /** Seconds a 503 asks the client to wait. Default 1. */
   readonly retryAfterSeconds?: number | undefined
+  /** A server span per request (the platform's HTTP tracer). Default false. */
+  readonly tracing?: boolean | undefined
 }
 
 const parseObject = (body: Uint8Array) =>
@@ -141,9 +143,16 @@ export const makeApp = (options: GatewayOptions = {}) =>
     return app
   })
 
-/** Serve the gateway on the HttpServer in context (with its own routes beside it, if any). */
-export const layer = (options: GatewayOptions = {}) =>
-  Layer.scopedDiscard(Effect.flatMap(makeApp(options), (app) => HttpServer.serveEffect(app)))
+/**
+ * Serve the gateway on the HttpServer in context (with its own routes beside it, if any). Without
+ * `tracing`, the platform's per-request server span is off: it is most of the cost of a request
+ * here (docs/benchmarks.md), and it would record each request's URL and take its parent from
+ * whatever trace headers the client sent.
+ */
+export const layer = (options: GatewayOptions = {}) => {
+  const serve = Layer.scopedDiscard(Effect.flatMap(makeApp(options), (app) => HttpServer.serveEffect(app)))
+  return options.tracing === true ? serve : HttpMiddleware.withTracerDisabledWhen(serve, () => true)
+}
 
 /** The gateway's options from `CompanionConfig` (`gateway.*`; the port is the server's). */
 export const optionsFrom = (config: CompanionConfig): GatewayOptions => ({

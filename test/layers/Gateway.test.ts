@@ -5,7 +5,7 @@
  */
 import { request as httpRequest } from "node:http"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Redacted, Runtime, Schedule } from "effect"
+import { Effect, Fiber, Layer, Redacted, Runtime, Schedule, Tracer } from "effect"
 import * as Answers from "../../src/http/Answers.js"
 import { SpawnerControl } from "../../src/layers/SpawnerTest.js"
 import { GatewayError } from "../../src/services/Errors.js"
@@ -253,4 +253,33 @@ describe("Gateway (in-memory manager, real socket)", () => {
     assert.deepStrictEqual(Answers.statusOf({ _tag: "ResourceError", reason: "ram_over_limit" } as never), { status: 503, retry: true })
     assert.deepStrictEqual(Answers.statusOf({ _tag: "LifecycleError", reason: "not_ready" } as never), { status: 503, retry: true })
   })
+})
+
+describe("Gateway tracing", () => {
+  /** The names of the spans started under a tracer that records them. */
+  const recording = (names: Array<string>) =>
+    Layer.unwrapEffect(Effect.map(Effect.tracer, (base) =>
+      Layer.setTracer(Tracer.make({
+        span: (...args) => {
+          names.push(args[0])
+          return base.span(...args)
+        },
+        context: base.context
+      }))))
+
+  const served = (options: { readonly tracing?: boolean }, names: Array<string>) =>
+    Effect.gen(function*() {
+      const port = yield* portOf
+      yield* start
+      const answer = yield* call(port, {})
+      assert.strictEqual(answer.status, 200)
+      return names.filter((n) => n.startsWith("http.server"))
+    }).pipe(Effect.provide(gateway(options).pipe(Layer.provide(recording(names)))))
+
+  it.live("no server span per request by default (the hot path, and no client-chosen trace parent); one with tracing: true", () =>
+    Effect.gen(function*() {
+      assert.deepStrictEqual(yield* served({}, []), [])
+      const traced = yield* served({ tracing: true }, [])
+      assert.deepStrictEqual(traced, ["http.server GET"])
+    }))
 })
