@@ -463,7 +463,7 @@ off the throughput. Even the bare Node pipe reaches only ${Math.min(...rows.map(
 (${rows.filter((r) => r.proxyRatio >= 0.95).map((r) => `≥ 0.95 at concurrency ${r.concurrency}`).join(", ") || "never 0.95"}): with this model on this machine the
 target leaves a hop almost no CPU at all, and the gateway is best read against that floor. Added p50
 per concurrency: ${rows.map((r) => `${r.concurrency} → ${ms(r.addedP50)} ms`).join(", ")}. The gateway spends ${Math.min(...rows.map((r) => r.cpuPerRequestUs.gateway)).toFixed(0)}–${Math.max(...rows.map((r) => r.cpuPerRequestUs.gateway)).toFixed(0)} µs of CPU per request against the pipe's
-${Math.min(...rows.map((r) => r.cpuPerRequestUs.proxy)).toFixed(0)}–${Math.max(...rows.map((r) => r.cpuPerRequestUs.proxy)).toFixed(0)} µs: the Effect HTTP server (request fiber, scope, span), the checks, the body read and
+${Math.min(...rows.map((r) => r.cpuPerRequestUs.proxy)).toFixed(0)}–${Math.max(...rows.map((r) => r.cpuPerRequestUs.proxy)).toFixed(0)} µs: the Effect HTTP server (request fiber, scope; its span is off since issue 17), the checks, the body read and
 JSON check, and \`RuntimeManager.run\` (admission, a child fiber, the resource gate). At
 concurrency 8 and 32 the extra CPU also queues requests behind each other, which is most of the
 added latency there. With a real model (tens of ms to seconds per answer) the same few hundred
