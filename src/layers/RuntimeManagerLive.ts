@@ -168,9 +168,12 @@ export const make = Effect.fn("RuntimeManager.make")(function*(config: RuntimeMa
           const dQueued = next.slots.admission.queued - s.slots.admission.queued
           return [[value, dInFlight, dQueued] as const, next]
         }),
+        // Only the gauges that moved: a metric update is a few µs of the gate's hot path.
         ([value, dInFlight, dQueued]) =>
-          dInFlight === 0 && dQueued === 0
-            ? Effect.succeed(value)
+          dQueued === 0
+            ? (dInFlight === 0 ? Effect.succeed(value) : Effect.as(Metric.modify(m.inFlight, dInFlight), value))
+            : dInFlight === 0
+            ? Effect.as(Metric.modify(m.queued, dQueued), value)
             : Effect.as(Effect.zipRight(Metric.modify(m.inFlight, dInFlight), Metric.modify(m.queued, dQueued)), value)
       ))
 
