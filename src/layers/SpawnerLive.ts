@@ -447,7 +447,10 @@ const makeOllama = (options: SpawnerOptions) =>
           apiKey: ollama.apiKey,
           exited: Effect.raceFirst(ollama.exited, Deferred.await(replaced)),
           // The process serves other models: stopping this one unloads it; the process stops with the last.
-          stop: (grace) => Effect.as(Ollama.unload(client, ollama.baseUrl, alias, grace), { code: 0, signal: null }),
+          // Not unloaded (its name gone, say): the process is retired, stopped once no model is on it.
+          stop: (grace) =>
+            Effect.flatMap(Ollama.unload(client, ollama.baseUrl, alias, grace), (unloaded) =>
+              Effect.as(unloaded ? Effect.void : server.retire(ollama), { code: 0, signal: null })),
           output: ollama.output,
           serves,
           shared: true

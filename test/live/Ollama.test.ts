@@ -247,6 +247,26 @@ describe("live: the Ollama adapter (stand-in)", () => {
       yield* waitGone(first)
     }).pipe(Effect.scoped, Effect.provide(live)), 30_000)
 
+  it.live("a model its name was deleted from cannot be unloaded by name: the process is retired, not kept lingering", () =>
+    Effect.gen(function*() {
+      mkdirSync(join(work, "store-10"), { recursive: true, mode: 0o700 })
+      const spawner = yield* SpawnerLive.make(spawnerOptions("ollama", join(work, "store-10", "ollama"), { linger: "30 seconds" }))
+      const pid = yield* Effect.scoped(Effect.gen(function*() {
+        const handle = yield* spawner.spawn(yield* verifiedModel(join(work, "verified-10"), A))
+        // Loaded, then its name deleted by another local process (Ollama takes no key).
+        yield* Effect.promise(() => fetch(`${handle.baseUrl}/api/generate`, { method: "POST", body: JSON.stringify({ model: "companion-a" }) }))
+        const deleted = yield* Effect.promise(() => fetch(`${handle.baseUrl}/api/delete`, { method: "POST", body: JSON.stringify({ model: "companion-a" }) }))
+        assert.strictEqual(deleted.status, 200)
+        yield* handle.stop("2 seconds")
+        // Still loaded: `keep_alive: 0` named a model Ollama no longer knows.
+        const ps = yield* Effect.promise(async () => (await (await fetch(`${handle.baseUrl}/api/ps`)).json()) as { models: ReadonlyArray<unknown> })
+        assert.strictEqual(ps.models.length, 1)
+        return handle.pid
+      }))
+      // Its only holder gone: stopped at once, though the linger is 30 s.
+      yield* waitGone(pid)
+    }).pipe(Effect.scoped, Effect.provide(live)), 30_000)
+
   it.live("a port taken at spawn is retried on a new one", () =>
     Effect.gen(function*() {
       mkdirSync(join(work, "store-7"), { recursive: true, mode: 0o700 })

@@ -179,15 +179,20 @@ export const servesVerified = (
     return "ok" as Health
   })
 
-/** Unload a model (`keep_alive: 0`), bounded by `grace`; a failure leaves it to Ollama's own timer. */
+/**
+ * Unload a model (`keep_alive: 0`), bounded by `grace`: whether Ollama answered 200. Anything else
+ * (the name deleted by another local process: 404) may leave the model loaded, with no timer to
+ * unload it (`OLLAMA_KEEP_ALIVE=-1`): the caller then retires the process.
+ */
 export const unload = (client: HttpClient.HttpClient, baseUrl: string, alias: string, grace: Duration.DurationInput) =>
   HttpClientRequest.post(`${baseUrl}/api/generate`).pipe(
     HttpClientRequest.bodyUnsafeJson({ model: alias, keep_alive: 0 }),
     client.execute,
+    Effect.map((response) => response.status === 200),
     Effect.scoped,
     Effect.interruptible,
     Effect.timeout(grace),
-    Effect.ignore
+    Effect.orElseSucceed(() => false)
   )
 
 /**
@@ -286,7 +291,19 @@ export const shared = <A extends { readonly exited: Effect.Effect<unknown> }, E>
         return entry.value
       })
     )
-    return { get }
+    /**
+     * The process holding `value` takes no new holder and stops as soon as its last one lets go (no
+     * linger): what is loaded in it can no longer be unloaded by name.
+     */
+    const retire = (value: A) =>
+      lock.withPermits(1)(Effect.suspend(() => {
+        const entry = [...open].find((e) => e.value === value)
+        if (entry === undefined) return Effect.void
+        entry.dead = true
+        if (current === entry) current = undefined
+        return entry.refs === 0 ? stop(entry) : Effect.void
+      }))
+    return { get, retire }
   })
 
 /** The environment Ollama gets on top of the allowlisted one. */
