@@ -59,6 +59,8 @@ export interface ModelStoreOptions {
   readonly holder?: StoreLock.LockHolder | undefined
   /** Caps on a model's GGUF header (`header`). Default: `Gguf.defaultCaps`. */
   readonly ggufCaps?: Gguf.GgufCaps | undefined
+  /** A download is fsynced in the background every this many bytes. Default 64 MiB. */
+  readonly syncEveryBytes?: number | undefined
 }
 
 /** The first prefix read for a header; the reader asks for more when the header is longer. */
@@ -237,6 +239,8 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
    * the screen has what it asks for and answers; a refusal ends the download there. Past the cap
    * it stops looking (the verified file's header is judged before any spawn anyway).
    */
+  const syncEvery = options.syncEveryBytes ?? SYNC_EVERY_BYTES
+
   const screening = <S>(screen: Screen<S> | undefined, fileSize: number) => {
     if (screen === undefined) return undefined
     const kept: Array<Uint8Array> = []
@@ -304,7 +308,7 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
                 }
                 yield* Effect.mapError(out.appendAll(batch), io)
                 unsynced += bytes
-                if (unsynced >= SYNC_EVERY_BYTES && (syncing === undefined || syncing.unsafePoll() !== null)) {
+                if (unsynced >= syncEvery && (syncing === undefined || syncing.unsafePoll() !== null)) {
                   if (syncing !== undefined) yield* Effect.mapError(Fiber.join(syncing), io)
                   unsynced = 0
                   syncing = yield* Effect.forkScoped(out.sync)

@@ -33,13 +33,19 @@ const processes = Layer.sync(Processes, (): ProcessesService => {
   }
 })
 
-/** The store over whatever `MemoryFileSystem` and `Downloader` are given. */
-export const storeOnly = Layer.unwrapEffect(
-  Effect.map(Effect.all([readConfig, Processes]), ([config, table]) =>
-    ModelStoreLive.layer({ ...ModelStoreLive.optionsFrom(config), holder: table }))
-)
+/** The store over whatever `MemoryFileSystem` and `Downloader` are given, with `extra` over the config's options. */
+export const storeWith = (extra: Partial<ModelStoreLive.ModelStoreOptions> = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(Effect.all([readConfig, Processes]), ([config, table]) =>
+      ModelStoreLive.layer({ ...ModelStoreLive.optionsFrom(config), holder: table, ...extra }))
+  )
 
-/** ModelStore with its in-memory file system, downloader and process table, each with its control. */
-export const layer = storeOnly.pipe(
-  Layer.provideMerge(Layer.mergeAll(MemoryFileSystem.layer, DownloaderTest.layer, processes, Path.layer))
-)
+export const storeOnly = storeWith()
+
+/** ModelStore with its in-memory file system, downloader and process table, each with its control (`extra` as in `storeWith`). */
+export const layerWith = (extra: Partial<ModelStoreLive.ModelStoreOptions> = {}) =>
+  storeWith(extra).pipe(
+    Layer.provideMerge(Layer.mergeAll(MemoryFileSystem.layer, DownloaderTest.layer, processes, Path.layer))
+  )
+
+export const layer = layerWith()

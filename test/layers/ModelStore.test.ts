@@ -1,16 +1,17 @@
 /** The model store in memory: download, verification, content-addressed storage, retry, resume, the lock, and hashing once. */
 import { FileSystem } from "@effect/platform"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Either, Fiber, Metric, Option, Stream, TestClock } from "effect"
+import { Effect, Either, Fiber, Layer, Metric, Option, Stream, TestClock } from "effect"
 import * as Integrity from "../../src/domain/Integrity.js"
 import { DownloaderControl } from "../../src/layers/DownloaderTest.js"
 import { MemoryFileSystem } from "../../src/layers/MemoryFileSystem.js"
+import * as ModelStoreTest from "../../src/layers/ModelStoreTest.js"
 import { Processes } from "../../src/layers/ModelStoreTest.js"
 import * as VerifiedModels from "../../src/layers/internal/VerifiedModels.js"
 import { DownloadError } from "../../src/services/Errors.js"
 import { metrics, ModelStore, type VerifiedModel } from "../../src/services/ModelStore.js"
 import { bytesOf, sha256Hex } from "../domain/fixtures.js"
-import { expectFailure, FINAL_PATH, MODEL, PARTIAL_PATH, SOURCE, SPEC, STORE, storeLayer } from "./harness.js"
+import { expectFailure, FINAL_PATH, MODEL, PARTIAL_PATH, providerOf, SOURCE, SPEC, STORE, storeLayer } from "./harness.js"
 
 const sameBytes = (a: Uint8Array | undefined, b: Uint8Array) => a !== undefined && Buffer.compare(a, b) === 0
 const spec = Either.getOrThrow(Integrity.checkSpec(SPEC))
@@ -455,4 +456,30 @@ describe("store lock (in memory, with a scripted process table)", () => {
       yield* expectFailure(ensure(), "IntegrityError", "digest_mismatch")
       assert.deepStrictEqual(yield* lockEntries, [])
     }).pipe(Effect.provide(storeLayer())))
+})
+
+describe("ModelStore.ensure, synced as it goes", () => {
+  /** The store over memory with a background fsync every 16 KiB (the default is 64 MiB). */
+  const syncingStore = ModelStoreTest.layerWith({ syncEveryBytes: 16 * 1024 }).pipe(Layer.provide(Layer.setConfigProvider(providerOf())))
+
+  it.effect("a download is fsynced in the background while it streams, and once more at the end", () =>
+    Effect.gen(function*() {
+      const memory = yield* MemoryFileSystem
+      yield* (yield* DownloaderControl).serve(SOURCE, MODEL, 8 * 1024)
+      const before = yield* memory.syncs
+      const model = yield* ensure()
+      assert.strictEqual(model.sha256, SPEC.sha256)
+      // Several in the background (the model is many times 16 KiB), the final one, the directory's.
+      assert.isAbove((yield* memory.syncs) - before, 3)
+    }).pipe(Effect.provide(syncingStore)))
+
+  it.effect("a background fsync that fails fails the download as io_failed, and nothing is promoted", () =>
+    Effect.gen(function*() {
+      const memory = yield* MemoryFileSystem
+      yield* (yield* DownloaderControl).serve(SOURCE, MODEL, 8 * 1024)
+      yield* memory.breakAt("sync")
+      yield* expectFailure(ensure(), "ModelStoreError", "io_failed")
+      assert.isFalse((yield* memory.files).has(FINAL_PATH))
+      assert.strictEqual(yield* memory.openDescriptors, 0)
+    }).pipe(Effect.provide(syncingStore)))
 })
