@@ -397,7 +397,8 @@ const makeOllama = (options: SpawnerOptions) =>
           Effect.retry({ times: 2, while: (e) => e.reason === "exited_early" })
         )
       ),
-      options.linger ?? Duration.seconds(30)
+      options.linger ?? Duration.seconds(30),
+      spawnFailed
     )
     /** Names held by a live model, as Ollama compares them: a second would re-point the first. */
     const held = new Set<string>()

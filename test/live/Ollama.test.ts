@@ -267,6 +267,14 @@ describe("live: the Ollama adapter (stand-in)", () => {
       yield* waitGone(pid)
     }).pipe(Effect.scoped, Effect.provide(live)), 30_000)
 
+  it.live("a spawn after the spawner's scope closed starts nothing: spawn_failed", () =>
+    Effect.gen(function*() {
+      mkdirSync(join(work, "store-11"), { recursive: true, mode: 0o700 })
+      const spawner = yield* Effect.scoped(SpawnerLive.make(spawnerOptions("ollama", join(work, "store-11", "ollama"))))
+      yield* expectFailure(Effect.scoped(Effect.flatMap(verifiedModel(join(work, "verified-11"), A), (m) => spawner.spawn(m))), "SpawnError", "spawn_failed")
+      assert.deepStrictEqual(running("ollama").filter((pid) => readFileSync(`/proc/${pid}/environ`, "utf8").includes("store-11")), [])
+    }).pipe(Effect.provide(live)), 30_000)
+
   it.live("a port taken at spawn is retried on a new one", () =>
     Effect.gen(function*() {
       mkdirSync(join(work, "store-7"), { recursive: true, mode: 0o700 })

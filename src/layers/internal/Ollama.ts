@@ -204,7 +204,9 @@ export const unload = (client: HttpClient.HttpClient, baseUrl: string, alias: st
  */
 export const shared = <A extends { readonly exited: Effect.Effect<unknown> }, E>(
   acquire: Effect.Effect<A, E, Scope.Scope>,
-  linger: Duration.DurationInput
+  linger: Duration.DurationInput,
+  /** What a `get` after the owner closed fails with: no process is started that no one would stop. */
+  closedError: () => E
 ) =>
   Effect.gen(function*() {
     interface Entry {
@@ -218,6 +220,7 @@ export const shared = <A extends { readonly exited: Effect.Effect<unknown> }, E>
     const owner = yield* Effect.scope
     const lock = yield* Effect.makeSemaphore(1)
     let current: Entry | undefined
+    let closed = false
     /** Every entry not yet stopped, the current one and any that crashed while lingering. */
     const open = new Set<Entry>()
 
@@ -251,6 +254,7 @@ export const shared = <A extends { readonly exited: Effect.Effect<unknown> }, E>
     /** Under the lock: the live entry (not one whose process has exited), or a new one (only its start is interruptible). */
     const take =
       Effect.suspend(() => {
+        if (closed) return Effect.fail(closedError())
         const live = current
         if (live !== undefined && !live.dead) {
           live.refs++
@@ -281,7 +285,12 @@ export const shared = <A extends { readonly exited: Effect.Effect<unknown> }, E>
         })
       })
 
-    yield* Effect.addFinalizer(() => lock.withPermits(1)(Effect.forEach([...open], stop, { discard: true })))
+    yield* Effect.addFinalizer(() =>
+      lock.withPermits(1)(Effect.suspend(() => {
+        closed = true
+        return Effect.forEach([...open], stop, { discard: true })
+      }))
+    )
 
     const get: Effect.Effect<A, E, Scope.Scope> = Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
