@@ -147,6 +147,8 @@ const batched = (readable: Readable, arrived: (bytes: number) => void, onError: 
     let timer: ReturnType<typeof setTimeout> | undefined
     let ended = false
     let flushing = false
+    /** The consumer left: nothing more is handed over, no timer started. */
+    let done = false
     const flush = (): void => {
       if (timer !== undefined) clearTimeout(timer)
       timer = undefined
@@ -162,6 +164,7 @@ const batched = (readable: Readable, arrived: (bytes: number) => void, onError: 
       readable.pause()
       void emit.chunk(Chunk.unsafeFromArray(out)).then(() => {
         flushing = false
+        if (done) return
         if (ended || pendingBytes >= READ_CHUNK_BYTES) return flush()
         readable.resume()
         if (pending.length > 0 && timer === undefined) timer = setTimeout(flush, BATCH_WAIT_MILLIS)
@@ -183,6 +186,7 @@ const batched = (readable: Readable, arrived: (bytes: number) => void, onError: 
       if (!ended && !readable.readableEnded) void emit.fail(onError())
     })
     return Effect.sync(() => {
+      done = true
       if (timer !== undefined) clearTimeout(timer)
       readable.destroy()
     })

@@ -294,7 +294,7 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
           let syncing: Fiber.RuntimeFiber<void, StoreFileError> | undefined
           // Only a download from the first byte is screened: a resume's head is on disk already.
           const look = offset === 0 ? screening(screen, spec.sizeBytes) : undefined
-          yield* body.bytes.pipe(
+          const streamed = yield* body.bytes.pipe(
             Stream.runForEachChunk((chunks) =>
               Effect.gen(function*() {
                 // The chunks as they came off the socket, never joined (a copy the GC frees late).
@@ -317,9 +317,15 @@ export const make = Effect.fn("ModelStore.make")(function*(options: ModelStoreOp
                 yield* Metric.incrementBy(metrics.downloadedBytes, bytes)
                 yield* SubscriptionRef.set(progress, { receivedBytes: received, expectedBytes: spec.sizeBytes })
               })
-            )
+            ),
+            Effect.exit
           )
+          // The background fsync's verdict first, however the stream ended: a failed one is
+          // `io_failed` (not retried, the partial removed). Lost under a transient error, the retry
+          // would resume onto bytes that may never have reached the disk, and a new descriptor's
+          // fsync does not report the old writeback error.
           if (syncing !== undefined) yield* Effect.mapError(Fiber.join(syncing), io)
+          yield* streamed
           yield* Effect.mapError(file.sync, io)
         }
         yield* verifier.finalize()

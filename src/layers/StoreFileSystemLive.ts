@@ -75,6 +75,8 @@ const handle = (fd: number): StoreFile => ({
       const writeFrom = (rest: ReadonlyArray<Uint8Array>): Effect.Effect<void, StoreFileError> => {
         if (rest.length === 0) return Effect.void
         return Effect.flatMap(call<number>((done) => NodeFs.writev(fd, rest as Array<Uint8Array>, null, done)), (n) => {
+          // Nothing written for a non-empty request: fail rather than ask again for ever.
+          if (n <= 0) return Effect.fail(new StoreFileError({ reason: "file_io_failed" }))
           let i = 0
           let left = n
           while (i < rest.length && left >= rest[i]!.length) left -= rest[i++]!.length
