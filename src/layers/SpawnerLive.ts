@@ -414,7 +414,10 @@ const makeOllama = (options: SpawnerOptions) =>
         const serverExited = Effect.zipRight(ollama.exited, Effect.fail(new SpawnError({ reason: "exited_early" })))
         // Interruptible even in a caller's uninterruptible region (an acquire): its races must be
         // able to stop their losers.
-        yield* Ollama.importModel(client, ollama.baseUrl, model, alias, perSpawn.contextSize ?? options.contextSize).pipe(
+        yield* Ollama.importModel(client, ollama.baseUrl, model, alias, {
+          contextSize: perSpawn.contextSize ?? options.contextSize,
+          threads: perSpawn.threads ?? options.threads
+        }).pipe(
           Effect.timeoutFail({ duration: importTimeout, onTimeout: () => new SpawnError({ reason: "import_timeout" }) }),
           Effect.raceFirst(serverExited),
           Effect.interruptible

@@ -68,7 +68,7 @@ interface Debug {
   readonly env: Record<string, string>
   readonly modelsMode: string
   readonly blobsMode: string
-  readonly requests: ReadonlyArray<{ method: string; path: string; model?: string; keepAlive?: unknown; refused?: boolean; stream?: unknown; files?: unknown }>
+  readonly requests: ReadonlyArray<{ method: string; path: string; model?: string; keepAlive?: unknown; refused?: boolean; stream?: unknown; files?: unknown; parameters?: unknown }>
   readonly uploads: number
   readonly blobs: ReadonlyArray<string>
 }
@@ -127,6 +127,8 @@ describe("live: the Ollama adapter (stand-in)", () => {
         const directory = join(work, "store-1", "ollama")
         mkdirSync(join(work, "store-1"), { recursive: true, mode: 0o700 })
         const spawner = yield* SpawnerLive.make(spawnerOptions("ollama", directory, {
+          contextSize: 2048,
+          threads: 3,
           // Allowlisted, yet never handed over: proxies and Ollama's own settings.
           envAllowlist: ["PATH", "LANG", "OLLAMA_ORIGINS", "OLLAMA_HOST", "HTTPS_PROXY", "http_proxy", "ALL_PROXY"],
           environment: {
@@ -185,6 +187,8 @@ describe("live: the Ollama adapter (stand-in)", () => {
         // Named in one answer (streamed, a failure would be a line under 200), from the verified blob.
         const create = seen.requests.find((r) => r.path === "/api/create")!
         assert.deepStrictEqual([create.model, create.stream, create.files], ["companion-a", false, { "model.gguf": `sha256:${sha256Hex(A)}` }])
+        // The context and threads the estimate counted, not Ollama's own choice.
+        assert.deepStrictEqual(create.parameters, { num_ctx: 2048, num_thread: 3 })
         // What Ollama holds is exactly the verified bytes.
         const blob = readFileSync(join(directory, "blobs", `sha256-${sha256Hex(A)}`))
         assert.strictEqual(createHash("sha256").update(blob).digest("hex"), sha256Hex(A))

@@ -80,7 +80,13 @@ const answerText = (response: HttpClientResponse.HttpClientResponse) => Effect.o
  * Import the verified model into the Ollama at `baseUrl` under `alias`: the blob (unless it is held),
  * then the name. Every failure is `import_failed`, but bytes Ollama refused are `blob_refused`.
  */
-export const importModel = (client: HttpClient.HttpClient, baseUrl: string, model: VerifiedModel, alias: string, contextSize?: number) =>
+export const importModel = (
+  client: HttpClient.HttpClient,
+  baseUrl: string,
+  model: VerifiedModel,
+  alias: string,
+  settings: { readonly contextSize?: number | undefined; readonly threads?: number | undefined } = {}
+) =>
   Effect.gen(function*() {
     const digest = `sha256:${model.sha256}`
     const held = yield* client.execute(HttpClientRequest.head(`${baseUrl}/api/blobs/${digest}`)).pipe(
@@ -102,11 +108,15 @@ export const importModel = (client: HttpClient.HttpClient, baseUrl: string, mode
       if (status !== 201 && status !== 200) return yield* importFailed()
     }
     const created = yield* HttpClientRequest.post(`${baseUrl}/api/create`).pipe(
-      // The context the memory estimate counted (`num_ctx`), not one Ollama picks for itself.
+      // The context the memory estimate counted (`num_ctx`), not one Ollama picks for itself, and
+      // the model's threads (`num_thread`); slots are process-wide (`OLLAMA_NUM_PARALLEL`).
       HttpClientRequest.bodyUnsafeJson({
         model: alias,
         files: { "model.gguf": digest },
-        ...(contextSize !== undefined ? { parameters: { num_ctx: contextSize } } : {}),
+        parameters: {
+          ...(settings.contextSize !== undefined ? { num_ctx: settings.contextSize } : {}),
+          ...(settings.threads !== undefined ? { num_thread: settings.threads } : {})
+        },
         stream: false
       }),
       client.execute,
