@@ -50,6 +50,9 @@ describe("Budget.plan", () => {
     assert.deepStrictEqual(Budget.plan([held("a", 10, { vramBytes: 9 * MiB })], 10 * MiB, gpu), { _tag: "evict", names: ["a"] })
     assert.deepStrictEqual(Budget.plan([held("a", 10, { vramBytes: 9 * MiB, idle: false })], 10 * MiB, gpu), { _tag: "wait" })
     assert.deepStrictEqual(Budget.plan([held("a", 10, { vramBytes: 9 * MiB })], 10 * MiB, limits), { _tag: "fits" })
+    // Exactly at the VRAM ceiling is within it (as RAM: equal is within).
+    assert.deepStrictEqual(Budget.plan([held("a", 10, { vramBytes: 8 * MiB })], 10 * MiB, gpu), { _tag: "fits" })
+    assert.deepStrictEqual(Budget.plan([held("a", 10, { vramBytes: 8 * MiB + 1 })], 10 * MiB, gpu), { _tag: "evict", names: ["a"] })
   })
 
   it.prop("after the plan, what stays plus the newcomer is within the budget; only idle models go; a wait means no idle set would do", [

@@ -1,6 +1,6 @@
 /** Pinning from a hub, the pure decisions (src/domain/Hub.ts): each HubError reason they return. */
 import { assert, describe, it } from "@effect/vitest"
-import { Either } from "effect"
+import { Either, Option } from "effect"
 import * as Hub from "../../src/domain/Hub.js"
 
 const SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -99,5 +99,49 @@ describe("Hub", () => {
     // As huggingface_hub: the ETag when there is no X-Linked-Etag; Content-Length only when not a redirect.
     assert.deepStrictEqual(Hub.headFacts({ etag: `"${SHA}"`, "content-length": "10" }, false), { repoCommit: undefined, linkedEtag: `"${SHA}"`, linkedSize: "10" })
     assert.strictEqual(Hub.headFacts({ "content-length": "0" }, true).linkedSize, undefined)
+  })
+})
+
+describe("Hub: the boundaries of what a reference may be", () => {
+  it("a repository file: not empty, at most 1024 characters, no empty, `.` or `..` segment, none of the printed-unsafe characters", () => {
+    assert.isTrue(Hub.isRepoFile("a"))
+    assert.isTrue(Hub.isRepoFile("x".repeat(1024)))
+    assert.isFalse(Hub.isRepoFile("x".repeat(1025)))
+    assert.isFalse(Hub.isRepoFile(""))
+    for (const file of ["a//b", "/a", "a/", ".", "..", "a/./b", "a/../b", "./a", "a/.."]) assert.isFalse(Hub.isRepoFile(file), file)
+    assert.isTrue(Hub.isRepoFile("a/.b/..c/b..")) // dots inside a name are a name
+    for (const bad of ["a\u0000", "a\u001f", "a\u007f", "a\u009f", "a\u202e", "a\u2066", "a\\b", "a%2e", "a?x", "a#x"]) assert.isFalse(Hub.isRepoFile(bad), JSON.stringify(bad))
+  })
+
+  it("a revision: not empty, at most 256 characters, no `..`, no control or bidi character, no backslash; a commit is exactly 40 lowercase hex", () => {
+    assert.isTrue(Hub.isRevision("main"))
+    assert.isTrue(Hub.isRevision("r".repeat(256)))
+    assert.isFalse(Hub.isRevision("r".repeat(257)))
+    assert.isFalse(Hub.isRevision(""))
+    for (const bad of ["a..b", "..", "a\u0000", "a\u202a", "a\\b", "a\u007f"]) assert.isFalse(Hub.isRevision(bad), JSON.stringify(bad))
+    const sha = "0123456789abcdef0123456789abcdef01234567"
+    assert.isTrue(Hub.isCommit(sha))
+    for (const bad of [`x${sha}`, `${sha}x`, sha.slice(1), sha.toUpperCase(), `${sha.slice(0, 39)}g`]) assert.isFalse(Hub.isCommit(bad), bad)
+  })
+
+  it("an ETag: spaces, a weak prefix and one pair of quotes dropped, nothing else", () => {
+    assert.strictEqual(Hub.normalizeEtag(' W/"abc" '), "abc")
+    assert.strictEqual(Hub.normalizeEtag('"abc"'), "abc")
+    assert.strictEqual(Hub.normalizeEtag("abc"), "abc")
+    assert.strictEqual(Hub.normalizeEtag('xW/"abc"'), 'xW/"abc"')
+    assert.strictEqual(Hub.normalizeEtag('"abc"d'), '"abc"d')
+    assert.strictEqual(Hub.normalizeEtag('d"abc"'), 'd"abc"')
+  })
+
+  it("a resolve URL is read only whole, on the hub's origin", () => {
+    const hub = new URL("https://huggingface.co/")
+    const sha = "0123456789abcdef0123456789abcdef01234567"
+    const ok = Hub.parseResolveUrl(new URL(`https://huggingface.co/org/repo/resolve/${sha}/dir/m.gguf`), hub)
+    assert.deepStrictEqual(Option.getOrUndefined(ok), { repo: "org/repo", revision: sha, file: "dir/m.gguf" })
+    assert.deepStrictEqual(Option.getOrUndefined(Hub.parseResolveUrl(new URL(`https://huggingface.co/repo/resolve/main/m.gguf`), hub)), { repo: "repo", revision: "main", file: "m.gguf" })
+    for (const path of [`/x/org/repo/resolve/${sha}/m.gguf`, `/org/repo/blob/${sha}/m.gguf`, `/org/repo/resolve/${sha}/`, `/org/repo/resolve//m.gguf`]) {
+      assert.isTrue(Option.isNone(Hub.parseResolveUrl(new URL(`https://huggingface.co${path}`), hub)), path)
+    }
+    assert.isTrue(Option.isNone(Hub.parseResolveUrl(new URL(`https://evil.example/org/repo/resolve/${sha}/m.gguf`), hub)))
   })
 })
