@@ -4,11 +4,11 @@
  * its own), alternated in one run, at 256 MiB and 1 GiB. Writes docs/benchmarks.md.
  */
 import { execFileSync, spawn } from "node:child_process"
-import { createHash } from "node:crypto"
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { build } from "esbuild"
+import { makeRandomFile } from "./random-file.js"
 import { machine, median, today, writeSection } from "./report.js"
 
 const MiB = 1024 * 1024
@@ -38,25 +38,6 @@ await build({
   banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" }
 })
 
-/** A file of pseudo-random bytes (a new block per MiB), and its digest. */
-const makeFile = (path: string, size: number): string => {
-  const fd = openSync(path, "w")
-  const hash = createHash("sha256")
-  const block = Buffer.alloc(MiB)
-  let x = 0x9e3779b9
-  for (let written = 0; written < size; written += MiB) {
-    for (let i = 0; i < MiB; i += 4) {
-      x ^= x << 13
-      x ^= x >>> 17
-      x ^= x << 5
-      block.writeUInt32LE(x >>> 0, i)
-    }
-    hash.update(block)
-    writeSync(fd, block)
-  }
-  closeSync(fd)
-  return hash.digest("hex")
-}
 
 const startOrigin = (file: string, caFile: string, rate = 0) =>
   new Promise<{ port: number; stop: () => void }>((resolve, reject) => {
@@ -127,7 +108,7 @@ const verdict = (ok: boolean) => (ok ? "met" : "**not met**")
 try {
   for (const size of SIZES) {
     const file = join(work, "model.bin")
-    const sha256 = makeFile(file, size)
+    const sha256 = makeRandomFile(file, size)
     try {
       const r = await runSet(size, sha256, file, 0, VARIANTS)
       const t = await runSet(size, sha256, file, RATE, THROTTLED)

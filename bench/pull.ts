@@ -5,11 +5,11 @@
  * bench/download-origin.ts in its own process. Writes docs/benchmarks.md.
  */
 import { execFileSync, spawn } from "node:child_process"
-import { createHash } from "node:crypto"
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { performance } from "node:perf_hooks"
+import { makeRandomFile } from "./random-file.js"
 import { machine, median, today, writeSection } from "./report.js"
 
 const MiB = 1024 * 1024
@@ -18,22 +18,7 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const work = mkdtempSync(join(tmpdir(), "companion-pull-"))
 
 const file = join(work, "model.bin")
-const fd = openSync(file, "w")
-const hash = createHash("sha256")
-const block = Buffer.alloc(MiB)
-let x = 0x9e3779b9
-for (let written = 0; written < SIZE; written += MiB) {
-  for (let i = 0; i < MiB; i += 4) {
-    x ^= x << 13
-    x ^= x >>> 17
-    x ^= x << 5
-    block.writeUInt32LE(x >>> 0, i)
-  }
-  hash.update(block)
-  writeSync(fd, block)
-}
-closeSync(fd)
-const sha256 = hash.digest("hex")
+const sha256 = makeRandomFile(file, SIZE)
 const caFile = join(work, "ca.pem")
 
 const origin = spawn(process.execPath, ["--import", "tsx", "bench/download-origin.ts", file, caFile], { stdio: ["ignore", "pipe", "inherit"] })

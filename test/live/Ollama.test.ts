@@ -9,7 +9,7 @@ import { createServer } from "node:http"
 import { createHash } from "node:crypto"
 import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
+import { join } from "node:path"
 import { HttpServer } from "@effect/platform"
 import { NodeContext, NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
@@ -30,8 +30,8 @@ import { tinyGguf } from "../../src/testing/ModelFixtures.js"
 import { sha256Hex } from "../domain/fixtures.js"
 import { expectFailure } from "../layers/harness.js"
 import { verifiedModel } from "./fixtures/verified.js"
+import { gone, STANDIN, standinScript } from "./fixtures/processes.js"
 
-const STANDIN = resolve("test/live/fixtures/standin-runtime.mjs")
 /**
  * A long context, so one model's estimate (≈ 237 MB) is above what the stand-in process itself
  * measures: the RAM ceiling of the budget test then holds that process and one model, not two.
@@ -55,13 +55,8 @@ afterAll(async () => {
   if (work !== undefined) rmSync(work, { recursive: true, force: true })
 })
 
-/** An executable that runs the stand-in in `mode`. */
-const standin = (mode: string, extra = "") => {
-  const path = join(work, `standin-${mode}.sh`)
-  writeFileSync(path, `#!/bin/sh\nexec '${process.execPath}' '${STANDIN}' ${mode} ${extra} "$@"\n`)
-  chmodSync(path, 0o755)
-  return path
-}
+/** An executable that runs the stand-in in `mode` (the spawner\'s argv follows). */
+const standin = (mode: string, extra = "") => standinScript(work, mode, extra)
 
 interface Debug {
   readonly pid: number
@@ -74,16 +69,6 @@ interface Debug {
 }
 
 const debug = (baseUrl: string) => Effect.promise(async () => (await (await fetch(`${baseUrl}/debug`)).json()) as Debug)
-
-const gone = (pid: number) => {
-  const stat = `/proc/${pid}/stat`
-  if (!existsSync(stat)) return true
-  try {
-    return readFileSync(stat, "utf8").replace(/^.*\) /s, "").startsWith("Z")
-  } catch {
-    return true
-  }
-}
 
 /** Live processes whose command line runs the stand-in in `mode`. */
 const running = (mode: string) =>

@@ -5,9 +5,9 @@
  * killed with SIGKILL.
  */
 import { spawn } from "node:child_process"
-import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync, writeSync } from "node:fs"
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
+import { join } from "node:path"
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, inject, it } from "@effect/vitest"
@@ -31,6 +31,7 @@ import { type RuntimeHandle, Spawner } from "../../src/services/Spawner.js"
 import { sha256Hex } from "../domain/fixtures.js"
 import { expectFailure, loadConfig } from "../layers/harness.js"
 import { verifiedModel } from "./fixtures/verified.js"
+import { gone, standinScript } from "./fixtures/processes.js"
 
 const MODEL = tinyGguf()
 /** The tiny model with its second tensor's offset moved into the first's data: a hostile header, pinned correctly. */
@@ -42,7 +43,6 @@ const EVIL = (() => {
   return new Uint8Array(bytes)
 })()
 const SPEC = { sha256: sha256Hex(MODEL), sizeBytes: MODEL.length }
-const STANDIN = resolve("test/live/fixtures/standin-runtime.mjs")
 
 let llamaServer: string
 let pki: TestPki
@@ -64,24 +64,8 @@ afterAll(async () => {
   if (work !== undefined) rmSync(work, { recursive: true, force: true })
 })
 
-/** An executable that runs the stand-in in `mode` (the spawner's argv follows). */
-const standin = (mode: string, extra = "") => {
-  const path = join(work, `standin-${mode}.sh`)
-  writeFileSync(path, `#!/bin/sh\nexec '${process.execPath}' '${STANDIN}' ${mode} ${extra} "$@"\n`)
-  chmodSync(path, 0o755)
-  return path
-}
-
-/** A process is gone when /proc has no entry for it, or only a zombie awaiting its reaper. */
-const gone = (pid: number) => {
-  const stat = `/proc/${pid}/stat`
-  if (!existsSync(stat)) return true
-  try {
-    return readFileSync(stat, "utf8").replace(/^.*\) /s, "").startsWith("Z")
-  } catch {
-    return true
-  }
-}
+/** An executable that runs the stand-in in `mode` (the spawner\'s argv follows). */
+const standin = (mode: string, extra = "") => standinScript(work, mode, extra)
 
 const waitGone = (pid: number, within: Duration.DurationInput) =>
   Effect.sync(() => gone(pid)).pipe(

@@ -13,7 +13,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
+import { join } from "node:path"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { HttpClient } from "@effect/platform"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
@@ -24,8 +24,8 @@ import * as SpawnerLive from "../../src/layers/SpawnerLive.js"
 import { tinyGguf } from "../../src/testing/ModelFixtures.js"
 import { sha256Hex } from "../domain/fixtures.js"
 import { verifiedModel } from "../live/fixtures/verified.js"
+import { gone, STANDIN } from "../live/fixtures/processes.js"
 
-const STANDIN = resolve("test/live/fixtures/standin-runtime.mjs")
 const A = tinyGguf(0x5eed, 4096)
 const B = tinyGguf(0xb0b, 4096)
 
@@ -54,16 +54,6 @@ afterAll(() => {
 })
 
 const live = Layer.merge(NodeContext.layer, NodeHttpClient.layerUndici)
-
-const gone = (pid: number) => {
-  const stat = `/proc/${pid}/stat`
-  if (!existsSync(stat)) return true
-  try {
-    return readFileSync(stat, "utf8").replace(/^.*\) /s, "").startsWith("Z")
-  } catch {
-    return true
-  }
-}
 
 const waitGone = (pid: number, within: Duration.DurationInput = "10 seconds") =>
   Effect.sync(() => gone(pid)).pipe(
